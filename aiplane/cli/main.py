@@ -1,0 +1,254 @@
+"""The ``aiplane`` command. Every AiplaneError ends as one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aiplane import __version__
+from aiplane.api import KINDS, AnyResource, Model, Queue, load_file, parse_yaml
+from aiplane.cli.output import age, console, err_console, event_line, table
+from aiplane.errors import AiplaneError, NotFoundError
+from aiplane.gateway.auth import load_keys
+from aiplane.runtime.local import PlaneOptions, Store, run
+from aiplane.runtime.local.defaults import default_model
+from aiplane.runtime.local.paths import aiplane_home, db_path
+from aiplane.runtime.local.process import alive
+
+app = typer.Typer(
+    pretty_exceptions_enable=False,
+    help="aiplane: serve, train and batch AI workloads, locally or on Kubernetes.",
+    no_args_is_help=True,
+)
+
+FilesOpt = Annotated[
+    list[Path] | None, typer.Option("--file", "-f", help="resource YAML (repeatable; - for stdin)")
+]
+
+
+def _load(files: list[Path]) -> list[AnyResource]:
+    out: list[AnyResource] = []
+    for path in files:
+        if str(path) == "-":
+            out.extend(parse_yaml(sys.stdin.read(), source="<stdin>"))
+        else:
+            out.extend(load_file(path))
+    return out
+
+
+def _store() -> Store:
+    return Store(db_path(aiplane_home()))
+
+
+@app.command()
+def up(
+    file: FilesOpt = None,
+    host: Annotated[str, typer.Option(help="gateway address (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="gateway port")] = 8000,
+    api_key_file: Annotated[Path | None, typer.Option(help="file of API keys, one per line")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the local plane in the foreground: controller, supervisor and gateway."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    resources: list[AnyResource] = _load(file) if file else [default_model()]
+    keys = load_keys(str(api_key_file) if api_key_file else None)
+    status = console.status("starting the plane")
+    status.start()
+
+    def on_event(ref: str, reason: str, message: str) -> None:
+        if reason == "ScaleUp":
+            status.update(f"loading {ref} ({message.split(' ')[0]})")
+        if reason == "ReplicaReady":
+            status.update(f"{ref} ready")
+        console.print(event_line(ref, reason, message))
+
+    def on_ready(address: str) -> None:
+        status.stop()
+        console.print(
+            f"[bold green]aiplane[/] gateway on {address}/v1  (Ctrl-C stops the plane and its replicas)"
+        )
+        for res in resources:
+            console.print(f"  {res.ref} applied")
+
+    try:
+        run(PlaneOptions(aiplane_home(), host, port, resources, keys, on_event, on_ready))
+    finally:
+        status.stop()
+    console.print("plane stopped; every replica it started is stopped")
+
+
+@app.command()
+def apply(file: FilesOpt = None) -> None:
+    """Create or update resources; a running plane acts on them within a second."""
+    if not file:
+        raise AiplaneError("apply needs -f FILE")
+    store = _store()
+    for resource in _load(file):
+        result = store.apply(resource)
+        console.print(f"{resource.kind.lower()}/{resource.name} {result}")
+    if not _plane_running(store):
+        err_console.print("[yellow]note:[/] no plane is running; `aiplane up` will act on these")
+
+
+def _plane_running(store: Store) -> bool:
+    plane = store.plane()
+    return bool(plane and alive(plane[0]))
+
+
+@app.command()
+def get(
+    what: Annotated[str, typer.Argument(help="models | replicas | jobs | queues | events")] = "models",
+) -> None:
+    """Show resources and their status."""
+    store = _store()
+    now = time.time()
+    if what in ("models", "model", "mdl"):
+        statuses = store.statuses()
+        replicas = store.replicas()
+        t = table("NAME", "ENGINE", "READY", "REPLICAS", "GPUS", "STATUS", "AGE")
+        for item in store.resources("Model"):
+            res = item.resource
+            assert isinstance(res, Model)
+            spec = res.spec
+            st = statuses.get(res.name)
+            mine = [r for r in replicas if r.model == res.name]
+            ready = sum(1 for r in mine if r.state == "Ready")
+            desired = st.desired if st else 0
+            worst = next((r.state for r in mine if r.state == "CrashLoopBackOff"), None)
+            reason = worst or (st.reason if st else "waiting for a plane")
+            t.add_row(
+                res.name,
+                spec.engine,
+                f"{ready}/{desired}",
+                f"{spec.replicas.min}-{spec.replicas.max}",
+                f"{spec.resources.gpus:g}",
+                reason,
+                age(item.created, now),
+            )
+        console.print(t)
+    elif what in ("replicas", "replica"):
+        t = table("NAME", "MODEL", "STATE", "PID", "PORT", "RESTARTS", "DEVICES", "AGE", "MESSAGE")
+        for r in store.replicas():
+            t.add_row(
+                r.id,
+                r.model,
+                r.state,
+                str(r.pid or "-"),
+                str(r.port),
+                str(r.restarts),
+                r.devices or "-",
+                age(r.started, now),
+                r.message[:80],
+            )
+        console.print(t)
+    elif what in ("jobs", "job", "trainingjobs", "batchjobs"):
+        t = table("KIND", "NAME", "QUEUE", "STATUS", "AGE")
+        for kind in ("TrainingJob", "BatchJob"):
+            for item in store.resources(kind):
+                queue = getattr(item.resource.spec, "queue", "-")
+                t.add_row(
+                    kind,
+                    item.resource.name,
+                    queue,
+                    "Accepted (the local job runner comes with the jobs issues)",
+                    age(item.created, now),
+                )
+        console.print(t)
+    elif what in ("queues", "queue"):
+        t = table("NAME", "QUOTA", "COHORT", "AGE")
+        for item in store.resources("Queue"):
+            queue_res = item.resource
+            assert isinstance(queue_res, Queue)
+            quota = ", ".join(f"{k}={v:g}" for k, v in queue_res.spec.quota.items()) or "-"
+            t.add_row(queue_res.name, quota, queue_res.spec.cohort or "-", age(item.created, now))
+        console.print(t)
+    elif what == "events":
+        t = table("AGE", "OBJECT", "REASON", "MESSAGE")
+        for ts, ref, reason, message in store.events(limit=40):
+            t.add_row(age(ts, now), ref, reason, message[:100])
+        console.print(t)
+    else:
+        raise AiplaneError(f"unknown resource type {what!r} (models, replicas, jobs, queues, events)")
+
+
+@app.command()
+def delete(
+    kind: Annotated[str, typer.Argument(help="model | trainingjob | batchjob | queue")],
+    name: Annotated[str, typer.Argument()],
+) -> None:
+    """Delete a resource; a running plane stops its replicas."""
+    canonical = {k.lower(): k for k in KINDS} | {
+        "models": "Model",
+        "mdl": "Model",
+        "tj": "TrainingJob",
+        "bj": "BatchJob",
+        "q": "Queue",
+    }
+    kind_name = canonical.get(kind.lower().rstrip("s") if kind.lower() not in canonical else kind.lower())
+    if kind_name is None:
+        raise AiplaneError(f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
+    if not _store().delete(kind_name, name):
+        raise NotFoundError(f"{kind_name}/{name} not found")
+    console.print(f"{kind_name.lower()}/{name} deleted")
+
+
+@app.command()
+def logs(
+    model: Annotated[str, typer.Argument(help="model name")],
+    follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+    replica: Annotated[str | None, typer.Option(help="one replica's log")] = None,
+    tail_lines: Annotated[int, typer.Option("--tail")] = 50,
+) -> None:
+    """Print (or follow) the logs of a model's replicas."""
+    from aiplane.cli.logs import stream_logs
+
+    stream_logs(model, replica, follow, tail_lines)
+
+
+@app.command()
+def version() -> None:
+    """Print the aiplane version."""
+    console.print(f"aiplane {__version__}")
+
+
+def _register_dev() -> None:
+    import importlib
+
+    dev = importlib.import_module("aiplane.cli.dev")
+    app.add_typer(dev.app, name="dev", help="developer tools: a local Kubernetes control plane")
+
+
+if importlib.util.find_spec("aiplane.cli.dev") is not None:
+    _register_dev()
+
+
+def main() -> None:
+    try:
+        app()
+    except AiplaneError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so in one line unless debugging
+        if os.environ.get("AIPLANE_DEBUG"):
+            raise
+        err_console.print(
+            f"[red]internal error:[/] {exc.__class__.__name__}: {exc} (AIPLANE_DEBUG=1 shows the traceback)",
+            highlight=False,
+        )
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

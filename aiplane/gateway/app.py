@@ -1,0 +1,239 @@
+"""The OpenAI-compatible gateway: one aiohttp app in front of every model's replicas.
+
+Routes by the ``model`` field, holds requests through a cold start, balances with the
+model's routing policy, and answers every error in OpenAI's JSON shape.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from aiplane.gateway.auth import authorized
+from aiplane.gateway.discovery import Discovery, ModelRoute, Upstream
+from aiplane.gateway.errors import GatewayError, error_response
+from aiplane.gateway.load import LoadTracker
+from aiplane.gateway.metrics import GatewayMetrics
+from aiplane.gateway.proxy import Outcome, UpstreamUnavailable, forward
+from aiplane.gateway.requests import InferenceRequest, parse_body
+from aiplane.policies.routing import ReplicaLoad, RouteRequest
+
+log = logging.getLogger(__name__)
+MAX_BODY = 16 * 1024 * 1024
+ATTEMPTS = 2
+COLD_START_RETRY_AFTER = 10.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class GatewayConfig:
+    api_keys: frozenset[str] = frozenset()
+    max_body_bytes: int = MAX_BODY
+
+
+@dataclass
+class Gateway:
+    discovery: Discovery
+    load: LoadTracker = field(default_factory=LoadTracker)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    config: GatewayConfig = field(default_factory=GatewayConfig)
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
+    _session: aiohttp.ClientSession | None = None
+
+    # -- wiring ------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self.config.max_body_bytes, middlewares=[self._errors, self._auth]
+        )
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/v1/models", self.list_models)
+        app.router.add_get("/v1/models/{model:.+}", self.get_model)
+        for endpoint in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+            app.router.add_post(endpoint, self.inference)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    async def _start(self, _: web.Application) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+
+    async def _stop(self, _: web.Application) -> None:
+        if self._session:
+            await self._session.close()
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except GatewayError as exc:
+            return exc.response()
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.config.max_body_bytes
+            return error_response(413, f"request body exceeds {limit} bytes", code="request_too_large")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error_response(exc.status, f"{request.method} {request.path}: {exc.reason}")
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return error_response(500, "internal gateway error; see the gateway log")
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/") and not authorized(
+            request.headers.get("Authorization"), self.config.api_keys
+        ):
+            raise GatewayError(401, "invalid or missing API key", code="invalid_api_key")
+        return await handler(request)
+
+    # -- plain endpoints ---------------------------------------------------------
+    async def health(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def prometheus(self, _: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @staticmethod
+    def _model_json(route: ModelRoute) -> dict[str, object]:
+        return {
+            "id": route.served_name,
+            "object": "model",
+            "created": int(route.created),
+            "owned_by": "aiplane",
+        }
+
+    async def list_models(self, _: web.Request) -> web.Response:
+        data = [self._model_json(r) for r in self.discovery.models()]
+        return web.json_response({"object": "list", "data": data})
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        route = self.discovery.lookup(name)
+        if route is None:
+            raise GatewayError(
+                404, f"The model '{name}' does not exist", param="model", code="model_not_found"
+            )
+        return web.json_response(self._model_json(route))
+
+    # -- inference ---------------------------------------------------------------
+    async def inference(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        endpoint = request.path
+        raw = await request.read()
+        inference = parse_body(raw, endpoint)
+        route = self.discovery.lookup(inference.model)
+        if route is None:
+            self.metrics.requests.labels("<unknown>", endpoint, "404").inc()
+            raise GatewayError(
+                404, f"The model '{inference.model}' does not exist", param="model", code="model_not_found"
+            )
+        if endpoint not in route.endpoints:
+            raise GatewayError(400, f"model '{inference.model}' does not serve {endpoint}", param="model")
+        name = route.served_name
+        status = "500"
+        try:
+            upstreams = await self._ready_upstreams(route)
+            response, outcome = await self._proxy(request, route, inference, raw, upstreams, started)
+            status = str(outcome.status)
+            self._observe(name, endpoint, outcome, started)
+            return response
+        except GatewayError as exc:
+            status = str(exc.status)
+            raise
+        finally:
+            self.metrics.requests.labels(name, endpoint, status).inc()
+
+    async def _ready_upstreams(self, route: ModelRoute) -> list[Upstream]:
+        name = route.served_name
+        upstreams = self.discovery.upstreams(name)
+        if upstreams:
+            self.metrics.queue_wait.labels(name).observe(0.0)
+            return upstreams
+        self.metrics.cold_starts.labels(name).inc()
+        self.load.queued[name] += 1
+        self.metrics.queued.labels(name).inc()
+        waited = time.monotonic()
+        try:
+            upstreams = await self.discovery.wait_for_upstreams(name, route.cold_start_timeout)
+        finally:
+            self.load.queued[name] -= 1
+            self.metrics.queued.labels(name).dec()
+            self.metrics.queue_wait.labels(name).observe(time.monotonic() - waited)
+        if not upstreams:
+            raise GatewayError(
+                503,
+                f"no replica of '{name}' became ready within {route.cold_start_timeout:g}s",
+                code="model_unavailable",
+                retry_after=COLD_START_RETRY_AFTER,
+            )
+        return upstreams
+
+    def _pick(self, route: ModelRoute, upstreams: list[Upstream], inference: InferenceRequest) -> Upstream:
+        loads = [ReplicaLoad(u.replica_id, self.load.replica_load(u.replica_id)) for u in upstreams]
+        choice = route.router.choose(loads, RouteRequest(next(self._seq), inference.prefix))
+        assert choice is not None
+        return next(u for u in upstreams if u.replica_id == choice.replica_id)
+
+    async def _proxy(
+        self,
+        request: web.Request,
+        route: ModelRoute,
+        inference: InferenceRequest,
+        raw: bytes,
+        upstreams: list[Upstream],
+        started: float,
+    ) -> tuple[web.StreamResponse, Outcome]:
+        assert self._session is not None
+        name = route.served_name
+        tried: set[str] = set()
+        last_error = ""
+        for _ in range(ATTEMPTS):
+            candidates = [u for u in upstreams if u.replica_id not in tried]
+            if not candidates:
+                upstreams = [u for u in self.discovery.upstreams(name) if u.replica_id not in tried]
+                candidates = upstreams
+            if not candidates:
+                break
+            upstream = self._pick(route, candidates, inference)
+            tried.add(upstream.replica_id)
+            self.load.start(name, upstream.replica_id)
+            self.metrics.in_flight.labels(name).inc()
+            try:
+                response, outcome = await forward(
+                    self._session, request, inference, raw, upstream, route.request_timeout, started
+                )
+            except UpstreamUnavailable as exc:
+                last_error = str(exc)
+                self.metrics.upstream_errors.labels(name).inc()
+                self.discovery.report_failure(upstream, last_error)
+                continue
+            finally:
+                self.load.finish(name, upstream.replica_id)
+                self.metrics.in_flight.labels(name).dec()
+            if outcome.failure:
+                self.metrics.upstream_errors.labels(name).inc()
+                self.discovery.report_failure(upstream, outcome.failure)
+            return response, outcome
+        raise GatewayError(
+            502, f"no replica of '{name}' could serve the request: {last_error}", code="upstream_error"
+        )
+
+    def _observe(self, name: str, endpoint: str, outcome: Outcome, started: float) -> None:
+        self.metrics.latency.labels(name, endpoint).observe(time.monotonic() - started)
+        if outcome.ttft is not None:
+            self.metrics.ttft.labels(name).observe(outcome.ttft)
+        if outcome.prompt_tokens:
+            self.metrics.tokens.labels(name, "prompt").inc(outcome.prompt_tokens)
+        if outcome.completion_tokens:
+            self.metrics.tokens.labels(name, "completion").inc(outcome.completion_tokens)

@@ -1,0 +1,45 @@
+"""What the gateway needs from a runtime: models, ready upstreams, and a cold-start wait.
+
+The local runtime implements it in-process; the Kubernetes runtime implements it from
+Endpoints. The gateway never imports a runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiplane.policies.routing import Router
+
+
+@dataclass(frozen=True)
+class Upstream:
+    replica_id: str
+    base_url: str
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    served_name: str
+    owner: str
+    endpoints: frozenset[str]
+    router: Router
+    cold_start_timeout: float
+    request_timeout: float
+    created: float
+
+
+class Discovery(Protocol):
+    def models(self) -> list[ModelRoute]: ...
+
+    def lookup(self, served_name: str) -> ModelRoute | None: ...
+
+    def upstreams(self, served_name: str) -> list[Upstream]: ...
+
+    async def wait_for_upstreams(self, served_name: str, timeout: float) -> list[Upstream]:
+        """Ready upstreams, waiting up to ``timeout`` (a cold start); [] when none came."""
+        ...
+
+    def report_failure(self, upstream: Upstream, error: str) -> None:
+        """The gateway saw this upstream fail; stop routing to it until it is ready again."""
+        ...

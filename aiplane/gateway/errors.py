@@ -1,0 +1,72 @@
+"""OpenAI's error shape, with the status codes clients and SDKs act on.
+
+``{"error": {"message", "type", "param", "code"}}``: the ``openai`` client maps 400 to
+BadRequestError, 401 AuthenticationError, 404 NotFoundError, 413/422 to APIStatusError,
+429 RateLimitError (honouring Retry-After), 5xx InternalServerError.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "server_error",
+    503: "server_error",
+    504: "server_error",
+}
+
+
+def error_body(
+    status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, object]:
+    return {
+        "error": {
+            "message": message,
+            "type": TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    retry_after: float | None = None,
+) -> web.Response:
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
+    return web.json_response(
+        error_body(status, message, param=param, code=code), status=status, headers=headers
+    )
+
+
+class GatewayError(Exception):
+    """Raised inside a handler to answer with an OpenAI error; never reaches the client raw."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.retry_after = retry_after
+
+    def response(self) -> web.Response:
+        return error_response(
+            self.status, self.message, param=self.param, code=self.code, retry_after=self.retry_after
+        )

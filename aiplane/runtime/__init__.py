@@ -1,0 +1,1 @@
+"""Runtimes: actuators that turn policy decisions into processes or Kubernetes objects."""

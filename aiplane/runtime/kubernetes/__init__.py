@@ -1,0 +1,1 @@
+"""The Kubernetes runtime (operator, scheduler, endpoint discovery): see the operator issue."""

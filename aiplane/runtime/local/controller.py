@@ -1,0 +1,256 @@
+"""The local controller: level-triggered reconcile of desired Models against replicas.
+
+Each tick reads desired state from SQLite, asks the autoscaling policy how many
+replicas each model needs, places them on GPUs with the scheduling policy, and tells
+the supervisor to start or stop processes. Only this module writes observed state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from aiplane.api import Model, parse_duration
+from aiplane.engines import EngineRegistry, LocalLaunch, resolve_local
+from aiplane.errors import AiplaneError
+from aiplane.gateway.load import LoadTracker
+from aiplane.policies.autoscaling import (
+    AutoscalerState,
+    AutoscalingContext,
+    ConcurrencyAutoscaler,
+    decide,
+)
+from aiplane.policies.scheduling import Fit, Gpu, place
+from aiplane.runtime.local.discovery import LocalDiscovery
+from aiplane.runtime.local.gpus import visible_devices_env
+from aiplane.runtime.local.process import alive, cmdline, free_port, kill_group, probe
+from aiplane.runtime.local.store import ModelStatusRow, ReplicaRow, Store
+from aiplane.runtime.local.supervisor import Replica, State, Supervisor
+
+log = logging.getLogger(__name__)
+DRAIN_TIMEOUT = 30.0
+EventSink = Callable[[str, str, str], None]
+
+
+class LocalController:
+    def __init__(
+        self,
+        store: Store,
+        engines: EngineRegistry,
+        load: LoadTracker,
+        gpus: list[Gpu],
+        logs: Path,
+        host: str = "127.0.0.1",
+        on_event: EventSink | None = None,
+        tick: float = 0.25,
+    ) -> None:
+        self.store, self.engines, self.load, self.gpus = store, engines, load, gpus
+        self.logs, self.host, self.tick_seconds = logs, host, tick
+        self._on_event = on_event
+        self.supervisor = Supervisor(self._replica_changed)
+        self.discovery = LocalDiscovery(self.supervisor, engines)
+        self._states: dict[str, AutoscalerState] = {}
+        self._draining: dict[str, float] = {}
+        self._last_reason: dict[str, str] = {}
+        self._seen: dict[str, tuple[State, bool]] = {}
+        self.autoscaler = ConcurrencyAutoscaler()
+
+    # -- events and observed state -------------------------------------------------
+    def event(self, ref: str, reason: str, message: str) -> None:
+        self.store.event(ref, reason, message)
+        if self._on_event:
+            self._on_event(ref, reason, message)
+
+    def _replica_changed(self, replica: Replica) -> None:
+        if replica.state is State.STOPPED:
+            self.store.remove_replica(replica.id)
+        else:
+            self.store.put_replica(
+                ReplicaRow(
+                    replica.id, replica.model, replica.generation, replica.pid, replica.port,
+                    replica.state.value, ",".join(map(str, replica.devices)), replica.restarts,
+                    replica.started, str(replica.log_path), replica.message,
+                    replica.launch.argv,
+                )
+            )  # fmt: skip
+        if self._seen.get(replica.id) == (replica.state, replica.suspect):
+            return  # same state, new detail (pid, restarts): stored, not evented
+        self._seen[replica.id] = (replica.state, replica.suspect)
+        if replica.state is State.STOPPED:
+            self._seen.pop(replica.id, None)
+        reason = {State.READY: "ReplicaReady", State.CRASH_LOOP: "CrashLoopBackOff"}.get(
+            replica.state, f"Replica{replica.state.value}"
+        )
+        if replica.suspect:
+            reason = "ReplicaSuspect"
+        self.event(f"Model/{replica.model}", reason, f"{replica.id}: {replica.message or replica.state}")
+        self.discovery.notify()
+
+    # -- adoption on start ---------------------------------------------------------
+    async def adopt_or_replace(self) -> None:
+        """Adopt live replicas a previous plane left; kill and forget everything else."""
+        desired = {s.resource.name: s for s in self.store.resources("Model")}
+        for row in self.store.replicas():
+            stored = desired.get(row.model)
+            keep = (
+                stored is not None
+                and row.generation == stored.generation
+                and row.pid is not None
+                and alive(row.pid)
+                and cmdline(row.pid) == row.argv
+                and await probe(
+                    self.supervisor.session,
+                    f"http://{self.host}:{row.port}{self._launch_probe(stored.resource)}",
+                )
+            )
+            if keep and stored is not None and isinstance(stored.resource, Model):
+                model = stored.resource
+                launch = self._launch(model, row.port, tuple(int(d) for d in row.devices.split(",") if d))
+                replica = Replica(
+                    row.id, row.model, row.generation, self.host, row.port,
+                    tuple(int(d) for d in row.devices.split(",") if d), Path(row.log_path),
+                    launch, pid=row.pid, restarts=row.restarts, started=row.started,
+                )  # fmt: skip
+                self.supervisor.adopt(replica)
+                self.event(f"Model/{row.model}", "Adopted", f"{row.id} (pid {row.pid})")
+            else:
+                if row.pid and alive(row.pid) and cmdline(row.pid) == row.argv:
+                    await kill_group(row.pid)
+                self.store.remove_replica(row.id)
+                self.event(f"Model/{row.model}", "Replaced", f"{row.id} (pid {row.pid}) removed")
+
+    def _launch_probe(self, model: object) -> str:
+        if not isinstance(model, Model):
+            return "/health"
+        return self._launch(model, 0, ()).probes.ready_path
+
+    def _launch(self, model: Model, port: int, devices: tuple[int, ...]) -> LocalLaunch:
+        path = str(resolve_local(model.spec.source))
+        launch = self.engines.get(model.spec.engine).local(model, path, self.host, port)
+        return replace(launch, env=launch.env | visible_devices_env(devices))
+
+    # -- the loop ------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.reconcile(time.time())
+            except Exception:  # keep the loop alive; the failure is logged and evented
+                log.exception("reconcile failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.discovery.demand.wait(), timeout=self.tick_seconds)
+            self.discovery.demand.clear()
+
+    async def reconcile(self, now: float) -> None:
+        stored = [s for s in self.store.resources("Model") if isinstance(s.resource, Model)]
+        self.discovery.set_models([(s.resource, s.created) for s in stored])  # type: ignore[misc]
+        names = set()
+        for item in stored:
+            assert isinstance(item.resource, Model)
+            names.add(item.resource.name)
+            await self._reconcile_model(item.resource, item.generation, now)
+        for replica in list(self.supervisor.replicas.values()):
+            if replica.model not in names:
+                await self.supervisor.stop(replica.id)
+        for gone in set(self._states) - names:
+            self._states.pop(gone, None)
+
+    async def _reconcile_model(self, model: Model, generation: int, now: float) -> None:
+        mine = [r for r in self.supervisor.replicas.values() if r.model == model.name]
+        current = [r for r in mine if r.generation == generation and r.id not in self._draining]
+        old = [r for r in mine if r.generation != generation and r.id not in self._draining]
+        spec = model.spec
+        route = self.discovery.lookup(model.served_name)
+        served = route.served_name if route else model.name
+        state = self._states.get(model.name) or self._load_state(model.name)
+        ctx = AutoscalingContext(
+            now=now,
+            current_replicas=len(current),
+            in_flight=self.load.in_flight.get(served, 0),
+            queued=self.load.queued.get(served, 0),
+            target=spec.autoscaling.target,
+            min_replicas=spec.replicas.min,
+            max_replicas=spec.replicas.max,
+            scale_to_zero_after=parse_duration(spec.autoscaling.scale_to_zero_after),
+            scale_down_delay=parse_duration(spec.autoscaling.scale_down_delay),
+        )
+        decision, new_state = decide(self.autoscaler, ctx, state)
+        self._states[model.name] = new_state
+        reason = decision.reason
+        if decision.replicas > len(current):
+            reason = self._scale_up(model, generation, decision.replicas - len(current)) or reason
+        elif decision.replicas < len(current):
+            victims = sorted(current, key=lambda r: (r.routable, self.load.replica_load(r.id)))
+            for replica in victims[: len(current) - decision.replicas]:
+                self._draining[replica.id] = now
+                self.event(model.ref, "ScaleDown", f"{replica.id}: {decision.reason}")
+        ready_current = sum(1 for r in current if r.routable)
+        if old and ready_current >= min(decision.replicas, len(current)):
+            for replica in old:  # rolling update: old ones go once new ones serve
+                self._draining[replica.id] = now
+        await self._drain(now)
+        if reason != self._last_reason.get(model.name) and decision.replicas != len(current):
+            self.event(model.ref, "Scale", f"{len(current)} -> {decision.replicas}: {reason}")
+        self._last_reason[model.name] = reason
+        self.store.set_status(
+            ModelStatusRow(model.name, decision.replicas, ready_current, reason, asdict(new_state), now)
+        )
+
+    def _load_state(self, name: str) -> AutoscalerState:
+        row = self.store.statuses().get(name)
+        if row and row.autoscaler:
+            with contextlib.suppress(TypeError):
+                return AutoscalerState(**row.autoscaler)
+        return AutoscalerState()
+
+    def _scale_up(self, model: Model, generation: int, count: int) -> str | None:
+        for _ in range(count):
+            used: dict[int, float] = {}
+            for r in self.supervisor.replicas.values():
+                share = self._gpu_share(r.model)
+                for d in r.devices:
+                    used[d] = used.get(d, 0.0) + share
+            fit = place(self.gpus, used, model.spec.resources.gpus, model.spec.resources.gpu_model)
+            if not isinstance(fit, Fit):
+                self.event(model.ref, "Unschedulable", fit.reason)
+                return f"Pending: {fit.reason}"
+            port = free_port(self.host)
+            try:
+                launch = self._launch(model, port, fit.devices)
+            except AiplaneError as exc:
+                self.event(model.ref, "EngineError", str(exc))
+                return f"EngineError: {exc}"
+            rid = f"{model.name}-{uuid.uuid4().hex[:6]}"
+            replica = Replica(
+                rid, model.name, generation, self.host, port, fit.devices,
+                self.logs / model.name / f"{rid}.log", launch,
+            )  # fmt: skip
+            self.event(model.ref, "ScaleUp", f"{rid} on port {port} ({fit.reason})")
+            self.supervisor.start(replica)
+        return None
+
+    def _gpu_share(self, model_name: str) -> float:
+        for item in self.store.resources("Model"):
+            if item.resource.name == model_name and isinstance(item.resource, Model):
+                gpus = item.resource.spec.resources.gpus
+                return gpus if gpus < 1 else 1.0
+        return 1.0
+
+    async def _drain(self, now: float) -> None:
+        """Stop draining replicas once their in-flight requests finish (or time runs out)."""
+        for rid, since in list(self._draining.items()):
+            replica = self.supervisor.replicas.get(rid)
+            if replica is None:
+                self._draining.pop(rid)
+                continue
+            if replica.state is State.READY:
+                replica.state = State.DRAINING
+                self._replica_changed(replica)
+            if self.load.replica_load(rid) == 0 or now - since > DRAIN_TIMEOUT:
+                self._draining.pop(rid)
+                await self.supervisor.stop(rid)

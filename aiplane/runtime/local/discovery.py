@@ -1,0 +1,71 @@
+"""The gateway's view of the local plane: served names, ready replicas, cold-start waits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from aiplane.api import Model, parse_duration
+from aiplane.engines import EngineRegistry
+from aiplane.gateway.discovery import ModelRoute, Upstream
+from aiplane.policies.routing import router_for
+from aiplane.runtime.local.supervisor import Supervisor
+
+
+class LocalDiscovery:
+    def __init__(self, supervisor: Supervisor, engines: EngineRegistry) -> None:
+        self._supervisor = supervisor
+        self._engines = engines
+        self._routes: dict[str, ModelRoute] = {}
+        self._changed = asyncio.Event()
+        self.demand = asyncio.Event()  # set when a request waits: wakes the controller
+
+    def set_models(self, models: list[tuple[Model, float]]) -> None:
+        routes = {}
+        for model, created in models:
+            routes[model.served_name] = ModelRoute(
+                served_name=model.served_name,
+                owner=model.name,
+                endpoints=self._engines.get(model.spec.engine).endpoints,
+                router=router_for(model.spec.routing.strategy),
+                cold_start_timeout=parse_duration(model.spec.timeouts.cold_start),
+                request_timeout=parse_duration(model.spec.timeouts.request),
+                created=created,
+            )
+        self._routes = routes
+
+    def models(self) -> list[ModelRoute]:
+        return sorted(self._routes.values(), key=lambda r: r.served_name)
+
+    def lookup(self, served_name: str) -> ModelRoute | None:
+        return self._routes.get(served_name)
+
+    def upstreams(self, served_name: str) -> list[Upstream]:
+        route = self._routes.get(served_name)
+        if route is None:
+            return []
+        return [
+            Upstream(r.id, r.base_url)
+            for r in self._supervisor.replicas.values()
+            if r.model == route.owner and r.routable
+        ]
+
+    async def wait_for_upstreams(self, served_name: str, timeout: float) -> list[Upstream]:
+        deadline = time.monotonic() + timeout
+        while not (ready := self.upstreams(served_name)):
+            self.demand.set()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 1.0))
+        return ready
+
+    def report_failure(self, upstream: Upstream, error: str) -> None:
+        self._supervisor.mark_suspect(upstream.replica_id, error)
+
+    def notify(self) -> None:
+        """Wake every waiter: replica states changed. A fresh Event per change, no lock."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()

@@ -1,0 +1,107 @@
+"""``aiplane up``: controller, supervisor and gateway in one asyncio process.
+
+One plane per ``AIPLANE_HOME``: a second ``up`` on the same home refuses to start
+instead of fighting the first over the same replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from aiplane.api import AnyResource
+from aiplane.engines import default_registry
+from aiplane.errors import RuntimeFailure
+from aiplane.gateway import Gateway, GatewayConfig, LoadTracker
+from aiplane.runtime.local.controller import EventSink, LocalController
+from aiplane.runtime.local.gpus import discover
+from aiplane.runtime.local.paths import db_path, logs_dir
+from aiplane.runtime.local.process import alive
+from aiplane.runtime.local.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PlaneOptions:
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    resources: list[AnyResource] = field(default_factory=list)
+    api_keys: frozenset[str] = frozenset()
+    on_event: EventSink | None = None
+    on_ready: Callable[[str], None] | None = None
+
+
+def check_single_plane(store: Store) -> None:
+    running = store.plane()
+    if running and running[0] != os.getpid() and alive(running[0]):
+        raise RuntimeFailure(
+            f"a plane is already running (pid {running[0]}, {running[1]}) on this AIPLANE_HOME; "
+            "stop it first, or set AIPLANE_HOME to run another"
+        )
+
+
+async def serve(options: PlaneOptions, stop: asyncio.Event | None = None) -> None:
+    """Run the plane until ``stop`` is set or SIGTERM/SIGINT arrives."""
+    store = Store(db_path(options.home))
+    check_single_plane(store)
+    for resource in options.resources:
+        store.apply(resource)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    load = LoadTracker()
+    controller = LocalController(
+        store, default_registry(), load, discover(), logs_dir(options.home), options.host, options.on_event
+    )
+    gateway = Gateway(controller.discovery, load=load, config=GatewayConfig(api_keys=options.api_keys))
+    runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
+    async with controller.supervisor:
+        await controller.adopt_or_replace()
+        await runner.setup()
+        site = web.TCPSite(runner, options.host, options.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise RuntimeFailure(f"cannot listen on {options.host}:{options.port}: {exc.strerror}") from exc
+        address = f"http://{options.host}:{options.port}"
+        store.claim_plane(os.getpid(), address)
+        if options.on_ready:
+            options.on_ready(address)
+        task = asyncio.create_task(controller.run(), name="controller")
+        try:
+            await stop.wait()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await runner.cleanup()
+            store.release_plane(os.getpid())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(sig)
+
+
+def run(options: PlaneOptions) -> None:
+    """Blocking entry point; uses uvloop where it is installed."""
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(options))

@@ -1,0 +1,221 @@
+"""Supervise replica processes: spawn, wait for readiness, restart with backoff.
+
+One asyncio task per replica. A replica that keeps crashing goes to
+``CrashLoopBackOff`` (visible in ``aiplane get`` and events) and is retried with a
+capped exponential backoff, as the kubelet does. Replicas left by a plane that died
+are adopted when they still answer their readiness probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import aiohttp
+
+from aiplane.engines.base import LocalLaunch
+from aiplane.runtime.local.process import alive, kill_group, probe, tail
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START = 1.0
+BACKOFF_CAP = 60.0
+CRASH_LOOP_AFTER = 3  # restarts without a stable run
+STABLE_AFTER = 60.0  # a run this long resets the backoff
+READY_TIMEOUT = 600.0
+
+
+class State(StrEnum):
+    STARTING = "Starting"
+    READY = "Ready"
+    BACKOFF = "BackOff"
+    CRASH_LOOP = "CrashLoopBackOff"
+    DRAINING = "Draining"
+    STOPPED = "Stopped"
+
+
+@dataclass
+class Replica:
+    id: str
+    model: str
+    generation: int
+    host: str
+    port: int
+    devices: tuple[int, ...]
+    log_path: Path
+    launch: LocalLaunch
+    state: State = State.STARTING
+    pid: int | None = None
+    restarts: int = 0
+    started: float | None = None
+    ready_at: float | None = None
+    message: str = ""
+    adopted: bool = False
+    suspect: bool = False  # the gateway saw a failure; unroutable until it probes ready
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def routable(self) -> bool:
+        return self.state is State.READY and not self.suspect
+
+
+Listener = Callable[[Replica], None]
+
+
+class Supervisor:
+    def __init__(self, on_change: Listener) -> None:
+        self.replicas: dict[str, Replica] = {}
+        self._on_change = on_change
+        self._session: aiohttp.ClientSession | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Supervisor:
+        self._session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop_all()
+        if self._session:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "use Supervisor as an async context manager"
+        return self._session
+
+    def _set(self, replica: Replica, state: State, message: str = "") -> None:
+        replica.state, replica.message = state, message
+        self._on_change(replica)
+
+    def start(self, replica: Replica) -> None:
+        self.replicas[replica.id] = replica
+        replica.task = asyncio.create_task(self._run(replica), name=f"replica-{replica.id}")
+
+    def adopt(self, replica: Replica) -> None:
+        """Take over a live, ready process a previous plane started."""
+        replica.adopted = True
+        self.replicas[replica.id] = replica
+        replica.task = asyncio.create_task(self._watch_adopted(replica), name=f"adopt-{replica.id}")
+
+    async def stop(self, replica_id: str) -> None:
+        replica = self.replicas.pop(replica_id, None)
+        if replica is None:
+            return
+        if replica.task:
+            replica.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replica.task
+        if replica.pid and alive(replica.pid):
+            await kill_group(replica.pid)
+        self._set(replica, State.STOPPED, "stopped")
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(self.stop(rid) for rid in list(self.replicas)))
+
+    def mark_suspect(self, replica_id: str, error: str) -> None:
+        replica = self.replicas.get(replica_id)
+        if replica and replica.state is State.READY and not replica.suspect:
+            replica.suspect = True
+            replica.message = f"gateway saw a failure: {error}"
+            self._on_change(replica)
+            self._background.add(task := asyncio.create_task(self._recheck(replica)))
+            task.add_done_callback(self._background.discard)
+
+    async def _recheck(self, replica: Replica) -> None:
+        """A suspect replica whose process lives and answers again is routable again."""
+        await asyncio.sleep(0.5)
+        if replica.pid and alive(replica.pid) and await self._probe(replica):
+            replica.suspect = False
+            replica.message = ""
+            self._on_change(replica)
+
+    async def _probe(self, replica: Replica) -> bool:
+        return await probe(self.session, replica.base_url + replica.launch.probes.ready_path)
+
+    async def _spawn(self, replica: Replica) -> asyncio.subprocess.Process:
+        replica.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = os.environ | replica.launch.env
+        with replica.log_path.open("ab") as logf:
+            banner = f"--- aiplane: starting replica {replica.id}: {json.dumps(replica.launch.argv)}\n"
+            logf.write(banner.encode())
+            logf.flush()
+            proc = await asyncio.create_subprocess_exec(
+                *replica.launch.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        replica.pid, replica.started, replica.ready_at = proc.pid, time.time(), None
+        return proc
+
+    async def _wait_ready(self, replica: Replica, proc: asyncio.subprocess.Process) -> bool:
+        deadline = time.monotonic() + READY_TIMEOUT
+        delay = 0.05
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                return False
+            if await self._probe(replica):
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=delay)
+            delay = min(delay * 1.5, 0.5)
+        return False
+
+    async def _run(self, replica: Replica) -> None:
+        backoff = BACKOFF_START
+        failures = 0
+        try:
+            while True:
+                self._set(replica, State.STARTING, "launching")
+                proc = await self._spawn(replica)
+                self._on_change(replica)
+                if await self._wait_ready(replica, proc):
+                    replica.ready_at, replica.suspect = time.time(), False
+                    self._set(replica, State.READY, "")
+                    await proc.wait()
+                elif proc.returncode is None:
+                    await kill_group(proc.pid)
+                    await proc.wait()
+                ran = time.time() - (replica.started or time.time())
+                code = proc.returncode
+                if ran >= STABLE_AFTER:
+                    backoff, failures = BACKOFF_START, 0
+                failures += 1
+                replica.restarts += 1
+                state = State.CRASH_LOOP if failures >= CRASH_LOOP_AFTER else State.BACKOFF
+                detail = tail(replica.log_path, 3)
+                self._set(
+                    replica,
+                    state,
+                    f"exited with code {code} after {ran:.1f}s; restart in {backoff:.0f}s: {detail}",
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_CAP)
+        except asyncio.CancelledError:
+            if replica.pid and alive(replica.pid):
+                await kill_group(replica.pid)
+            raise
+
+    async def _watch_adopted(self, replica: Replica) -> None:
+        """An adopted process is not our child: poll it, and restart it ourselves if it dies."""
+        self._set(replica, State.READY, "adopted from a previous plane")
+        while replica.pid and alive(replica.pid):
+            await asyncio.sleep(0.2)
+        replica.adopted = False
+        replica.restarts += 1
+        self._set(replica, State.BACKOFF, "adopted process exited; restarting")
+        await self._run(replica)
