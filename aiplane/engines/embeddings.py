@@ -12,10 +12,9 @@ from aiplane.engines.base import EMBED, ContainerLaunch, LocalLaunch, MetricName
 @dataclass(frozen=True)
 class Embeddings:
     name: str = "embeddings"
-    metrics: MetricNames = MetricNames(
-        running="aiplane_embeddings_requests_running",
-        waiting="te_queue_size",
-    )
+    # Text Embeddings Inference's names (containers); the local server exports
+    # aiplane_embeddings_requests_running / _waiting for the same signals.
+    metrics: MetricNames = MetricNames(running="te_batch_current_size", waiting="te_queue_size")
     endpoints: frozenset[str] = EMBED
     image: str = "ghcr.io/huggingface/text-embeddings-inference:cpu-1.8"
 

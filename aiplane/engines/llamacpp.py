@@ -30,7 +30,8 @@ class LlamaCpp:
         waiting="llamacpp:requests_deferred",
         kv_cache_usage="llamacpp:kv_cache_usage_ratio",
     )
-    endpoints: frozenset[str] = CHAT | frozenset({"/v1/embeddings"})
+    # Embeddings need llama.cpp's separate embedding mode; a chat model does not serve them.
+    endpoints: frozenset[str] = CHAT
     image: str = "ghcr.io/ggml-org/llama.cpp:server"
 
     def local(self, model: Model, model_path: str, host: str, port: int) -> LocalLaunch:
