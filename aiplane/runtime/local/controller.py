@@ -195,7 +195,13 @@ class LocalController:
                 self._draining[replica.id] = now
         await self._drain(now)
         if reason != self._last_reason.get(model.name) and decision.replicas != len(current):
-            self.event(model.ref, "Scale", f"{len(current)} -> {decision.replicas}: {reason}")
+            # Evented once per change of reason, not every tick.
+            if reason.startswith("Pending: "):
+                self.event(model.ref, "Unschedulable", reason.removeprefix("Pending: "))
+            elif reason.startswith("EngineError: "):
+                self.event(model.ref, "EngineError", reason.removeprefix("EngineError: "))
+            else:
+                self.event(model.ref, "Scale", f"{len(current)} -> {decision.replicas}: {reason}")
         self._last_reason[model.name] = reason
         self.store.set_status(
             ModelStatusRow(model.name, decision.replicas, ready_current, reason, asdict(new_state), now)
@@ -217,13 +223,11 @@ class LocalController:
                     used[d] = used.get(d, 0.0) + share
             fit = place(self.gpus, used, model.spec.resources.gpus, model.spec.resources.gpu_model)
             if not isinstance(fit, Fit):
-                self.event(model.ref, "Unschedulable", fit.reason)
                 return f"Pending: {fit.reason}"
             port = free_port(self.host)
             try:
                 launch = self._launch(model, port, fit.devices)
             except AiplaneError as exc:
-                self.event(model.ref, "EngineError", str(exc))
                 return f"EngineError: {exc}"
             rid = f"{model.name}-{uuid.uuid4().hex[:6]}"
             replica = Replica(
