@@ -18,6 +18,7 @@ from aiplane.gateway.discovery import Upstream
 from aiplane.gateway.errors import GatewayError, error_body
 from aiplane.gateway.requests import InferenceRequest
 
+CLIENT_CLOSED = 499  # nginx's code for "client closed the request", in metrics only
 CONNECT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 
 
@@ -120,7 +121,12 @@ async def _stream(
                 prepared = True
                 outcome.ttft = time.monotonic() - started
             outcome.completion_tokens += _count_stream_tokens(chunk)
-            await resp.write(chunk)
+            try:
+                await resp.write(chunk)
+            except ConnectionResetError:  # the client left: not the replica's fault
+                outcome.status = CLIENT_CLOSED
+                upstream_resp.close()  # stop generating for nobody
+                return resp, outcome
     except CONNECT_ERRORS as exc:
         if not prepared:
             raise UpstreamUnavailable(f"{upstream.replica_id}: {exc}") from exc

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -266,5 +268,84 @@ def test_embeddings_routed_by_model_field(tmp_path: Path) -> None:
         with pytest.raises(openai.BadRequestError):
             c.embeddings.create(model="chat", input="x")
         assert plane.replicas("chat") == []
+    finally:
+        plane.stop()
+
+
+def test_client_leaving_mid_stream_is_not_a_replica_failure(warm_plane: Plane) -> None:
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+        "max_tokens": 200,
+        "stream": True,
+    }
+    with httpx.stream("POST", warm_plane.url + "/v1/chat/completions", json=body, timeout=30) as resp:
+        assert resp.status_code == 200
+        for i, _ in enumerate(resp.iter_raw()):
+            if i == 2:
+                break  # hang up after a few chunks
+    time.sleep(0.5)
+    metrics = httpx.get(warm_plane.url + "/metrics", timeout=10).text
+    assert 'aiplane_gateway_upstream_errors_total{model="smollm2"}' not in metrics
+    # Counted as "client closed" (499), not as a gateway error (500) or a replica failure.
+    assert (
+        'aiplane_gateway_requests_total{endpoint="/v1/chat/completions",model="smollm2",status="499"} 1.0'
+        in metrics
+    )
+    assert 'status="500"' not in metrics
+    (replica,) = warm_plane.replicas("smollm2")
+    assert replica.state == "Ready" and "failure" not in replica.message
+    reply = client(warm_plane).chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    assert reply.choices
+
+
+def test_apply_update_and_delete_against_a_running_plane(tmp_path: Path) -> None:
+    plane = Plane(tmp_path, [write(tmp_path, "base.yaml", model_yaml("base"))]).start()
+    env = os.environ | {"AIPLANE_HOME": str(tmp_path)}
+    cli = [sys.executable, "-m", "aiplane.cli.main"]
+    try:
+        (old,) = plane.wait_replicas("base", 1)
+        new_file = write(tmp_path, "extra.yaml", model_yaml("extra"))
+        out = subprocess.run([*cli, "apply", "-f", str(new_file)], env=env, capture_output=True, text=True)
+        assert out.returncode == 0 and "model/extra created" in out.stdout
+        plane.wait_replicas("extra", 1)
+        assert (
+            client(plane)
+            .chat.completions.create(
+                model="extra", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+            )
+            .choices
+        )
+
+        # A spec change rolls the replica: a new process of the new generation replaces the old.
+        changed = write(
+            tmp_path, "base2.yaml", model_yaml("base").replace("spec:\n", "spec:\n  contextLength: 1024\n")
+        )
+        out = subprocess.run([*cli, "apply", "-f", str(changed)], env=env, capture_output=True, text=True)
+        assert "model/base configured" in out.stdout
+        deadline = time.monotonic() + 60
+        rows = plane.replicas("base")
+        while time.monotonic() < deadline and not (
+            len(rows) == 1 and rows[0].generation == 2 and rows[0].state == "Ready"
+        ):
+            time.sleep(0.2)
+            rows = plane.replicas("base")
+        assert rows[0].generation == 2 and rows[0].pid != old.pid
+        assert "1024" in rows[0].argv
+        assert old.pid
+        assert_gone([old.pid])
+
+        got = subprocess.run([*cli, "get", "models"], env=env, capture_output=True, text=True)
+        assert got.returncode == 0 and "base" in got.stdout and "extra" in got.stdout and "1/1" in got.stdout
+
+        (extra,) = plane.replicas("extra")
+        out = subprocess.run([*cli, "delete", "model", "extra"], env=env, capture_output=True, text=True)
+        assert out.returncode == 0
+        assert extra.pid
+        assert_gone([extra.pid])
+        with pytest.raises(openai.NotFoundError):
+            client(plane).chat.completions.create(model="extra", messages=[{"role": "user", "content": "x"}])
     finally:
         plane.stop()
