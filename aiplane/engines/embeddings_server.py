@@ -53,6 +53,7 @@ from prometheus_client import (
 )
 
 from aiplane.engines.minilm import DIMENSION, MAX_TOKENS, MiniLMEmbedder
+from aiplane.gateway.errors import GatewayError as OpenAIError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -75,32 +76,6 @@ class ServerConfig:
     max_batch_size: int = DEFAULT_MAX_BATCH
     max_body_bytes: int = DEFAULT_MAX_BODY
     threads: int = 0
-
-
-class OpenAIError(Exception):
-    """An error answered in OpenAI's JSON shape."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        type_: str = "invalid_request_error",
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = (
-            status,
-            message,
-            param,
-            code,
-            type_,
-        )
-
-    def response(self) -> web.Response:
-        error = {"message": self.message, "type": self.type, "param": self.param}
-        return web.json_response({"error": {**error, "code": self.code}}, status=self.status)
 
 
 @dataclass(frozen=True)
@@ -289,7 +264,7 @@ class EmbeddingsService:
 
     async def _embeddings(self, request: web.Request) -> web.Response:
         if self.embedder is None:
-            raise OpenAIError(503, "model is loading", type_="server_error", code="loading")
+            raise OpenAIError(503, "model is loading", code="loading")
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
@@ -349,10 +324,10 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return OpenAIError(exc.status, exc.reason, type_="invalid_request_error").response()
+        return OpenAIError(exc.status, exc.reason).response()
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return OpenAIError(500, "internal server error", type_="server_error").response()
+        return OpenAIError(500, "internal server error").response()
 
 
 SERVICE = web.AppKey("service", EmbeddingsService)

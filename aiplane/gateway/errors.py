@@ -9,18 +9,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "server_error",
-    502: "server_error",
-    503: "server_error",
-    504: "server_error",
-}
+# OpenAI itself answers 401 and 404 with type invalid_request_error (and a code such
+# as invalid_api_key or model_not_found); clients dispatch on the status.
+TYPES = {429: "rate_limit_error"}
 
 
 def error_body(
@@ -51,7 +42,10 @@ def error_response(
 
 
 class GatewayError(Exception):
-    """Raised inside a handler to answer with an OpenAI error; never reaches the client raw."""
+    """Raised inside a handler to answer with an OpenAI error; never reaches the client raw.
+
+    Any aiplane server speaking the OpenAI API (the gateway, the embeddings engine) uses it.
+    """
 
     def __init__(
         self,
