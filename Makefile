@@ -30,7 +30,13 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 unit: install
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+e2e: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
+
+k8s: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/k8s
 
 test: install lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider tests

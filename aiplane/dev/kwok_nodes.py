@@ -1,0 +1,401 @@
+"""Fake GPU node fleets for KWOK: node specs -> Node manifests, plus the KWOK stage config.
+
+Pure functions only (no I/O), so the shape of a "real looking" GPU node is unit-tested.
+Labels follow what NVIDIA's GPU feature discovery puts on real nodes (`nvidia.com/gpu.*`,
+memory in MiB), the taint is the one GPU node pools conventionally carry, and capacity
+mirrors common 8-GPU cloud instances so bin-packing experiments see realistic ratios.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from aiplane.dev import DevClusterError
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
+KWOK_LABEL = ("type", "kwok")  # what the KWOK controller is told to manage
+MODEL_LABEL = "aiplane.dev/gpu-model"
+POOL_LABEL = "aiplane.dev/node-pool"
+COMPLETE_AFTER_ANNOTATION = "aiplane.dev/kwok-complete-after"
+MAX_PODS = 110
+
+
+@dataclass(frozen=True)
+class GpuModel:
+    """One GPU product as GPU feature discovery reports it, with a typical 8-GPU host."""
+
+    alias: str
+    product: str  # nvidia.com/gpu.product
+    memory_mib: int  # nvidia.com/gpu.memory
+    family: str  # nvidia.com/gpu.family
+    host_cpu: int  # vCPU of an 8-GPU host; scaled by gpus/8
+    host_memory_gib: int
+    instance_type: str
+
+
+GPU_MODELS: dict[str, GpuModel] = {
+    m.alias: m
+    for m in (
+        GpuModel("H200", "NVIDIA-H200", 143771, "hopper", 192, 2048, "p5en.48xlarge"),
+        GpuModel("H100", "NVIDIA-H100-80GB-HBM3", 81559, "hopper", 192, 2048, "p5.48xlarge"),
+        GpuModel("A100", "NVIDIA-A100-SXM4-80GB", 81920, "ampere", 96, 1152, "p4de.24xlarge"),
+        GpuModel("A100-40GB", "NVIDIA-A100-SXM4-40GB", 40960, "ampere", 96, 1152, "p4d.24xlarge"),
+        GpuModel("L40S", "NVIDIA-L40S", 46068, "ada-lovelace", 192, 1536, "g6e.48xlarge"),
+        GpuModel("L4", "NVIDIA-L4", 23034, "ada-lovelace", 192, 768, "g6.48xlarge"),
+        GpuModel("A10G", "NVIDIA-A10G", 23028, "ampere", 192, 768, "g5.48xlarge"),
+        GpuModel("T4", "Tesla-T4", 15360, "turing", 96, 384, "g4dn.metal"),
+    )
+}
+
+SYSTEM_NODE_CPU = 16
+SYSTEM_NODE_MEMORY_GIB = 64
+
+
+@dataclass(frozen=True)
+class GpuPool:
+    """`--gpu-nodes 16x8:H100`: 16 nodes with 8 H100 each."""
+
+    count: int
+    gpus_per_node: int
+    model: GpuModel
+
+
+def parse_gpu_pool(spec: str) -> GpuPool:
+    """Parse ``<nodes>x<gpus>:<model>``; the model is an alias of GPU_MODELS (any case)."""
+    m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*:\s*([A-Za-z0-9-]+)\s*", spec)
+    if not m:
+        raise DevClusterError(f"bad GPU pool {spec!r}: expected <nodes>x<gpus>:<model>, e.g. 4x8:H100")
+    count, gpus, alias = int(m.group(1)), int(m.group(2)), m.group(3)
+    model = {k.lower(): v for k, v in GPU_MODELS.items()}.get(alias.lower())
+    if model is None:
+        raise DevClusterError(f"unknown GPU model {alias!r}; known: {', '.join(GPU_MODELS)}")
+    if count < 1 or not 1 <= gpus <= 16:
+        raise DevClusterError(f"bad GPU pool {spec!r}: need >= 1 node and 1-16 GPUs per node")
+    return GpuPool(count, gpus, model)
+
+
+def _node(
+    name: str,
+    labels: dict[str, str],
+    capacity: dict[str, str],
+    taints: list[dict[str, str]],
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                KWOK_LABEL[0]: KWOK_LABEL[1],
+                **labels,
+            },
+            "annotations": {
+                "kwok.x-k8s.io/node": "fake",
+                "node.alpha.kubernetes.io/ttl": "0",
+            },
+        },
+        "spec": {"taints": taints} if taints else {},
+        # Node creation keeps status; KWOK's node-initialize stage preserves these.
+        "status": {"capacity": dict(capacity), "allocatable": dict(capacity)},
+    }
+
+
+def gpu_nodes(pool: GpuPool, start: int = 0) -> list[dict[str, Any]]:
+    """Node manifests for one pool, named gpu-<model>-<n> (n counts from `start`)."""
+    m, g = pool.model, pool.gpus_per_node
+    capacity = {
+        "cpu": str(max(4, m.host_cpu * g // 8)),
+        "memory": f"{max(16, m.host_memory_gib * g // 8)}Gi",
+        "ephemeral-storage": "3500Gi",
+        "pods": str(MAX_PODS),
+        GPU_RESOURCE: str(g),
+    }
+    slug = m.alias.lower()
+    labels = {
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.product": m.product,
+        "nvidia.com/gpu.count": str(g),
+        "nvidia.com/gpu.memory": str(m.memory_mib),
+        "nvidia.com/gpu.family": m.family,
+        "node.kubernetes.io/instance-type": m.instance_type if g == 8 else f"{slug}-x{g}",
+        MODEL_LABEL: m.alias,
+        POOL_LABEL: f"gpu-{slug}",
+    }
+    return [
+        _node(f"gpu-{slug}-{i}", labels, capacity, [dict(GPU_TAINT)])
+        for i in range(start, start + pool.count)
+    ]
+
+
+def system_nodes(count: int) -> list[dict[str, Any]]:
+    """Untainted CPU nodes for system pods and everything that does not ask for a GPU."""
+    capacity = {
+        "cpu": str(SYSTEM_NODE_CPU),
+        "memory": f"{SYSTEM_NODE_MEMORY_GIB}Gi",
+        "ephemeral-storage": "500Gi",
+        "pods": str(MAX_PODS),
+    }
+    labels = {
+        "node-role.kubernetes.io/system": "",
+        POOL_LABEL: "system",
+        "node.kubernetes.io/instance-type": "m6i.4xlarge",
+    }
+    return [_node(f"cpu-{i}", labels, capacity, []) for i in range(count)]
+
+
+def fleet(gpu_specs: list[str], cpu_nodes: int) -> list[dict[str, Any]]:
+    """All nodes for `--gpu-nodes ... --cpu-nodes N`; pools of one model number on."""
+    nodes = system_nodes(cpu_nodes)
+    next_index: dict[str, int] = {}
+    for spec in gpu_specs:
+        pool = parse_gpu_pool(spec)
+        start = next_index.get(pool.model.alias, 0)
+        nodes += gpu_nodes(pool, start)
+        next_index[pool.model.alias] = start + pool.count
+    names = [n["metadata"]["name"] for n in nodes]
+    if len(set(names)) != len(names):  # pragma: no cover - guarded by next_index
+        raise DevClusterError("duplicate node names in fleet")
+    return nodes
+
+
+# -- KWOK configuration ----------------------------------------------------------------------
+
+_NODE_STATUS = """\
+{{ $now := Now }}
+{{ $lastTransitionTime := or .metadata.creationTimestamp $now }}
+conditions:
+{{ range NodeConditions }}
+- lastHeartbeatTime: {{ $now | Quote }}
+  lastTransitionTime: {{ $lastTransitionTime | Quote }}
+  message: {{ .message | Quote }}
+  reason: {{ .reason | Quote }}
+  status: {{ .status | Quote }}
+  type: {{ .type | Quote }}
+{{ end }}
+addresses:
+{{ with .status.addresses }}
+{{ YAML . 1 }}
+{{ else }}
+{{ with NodeIP }}
+- address: {{ . | Quote }}
+  type: InternalIP
+{{ end }}
+{{ with NodeName }}
+- address: {{ . | Quote }}
+  type: Hostname
+{{ end }}
+{{ end }}
+{{ with NodePort }}
+daemonEndpoints:
+  kubeletEndpoint:
+    Port: {{ . }}
+{{ end }}
+allocatable:
+{{ with .status.allocatable }}
+{{ YAML . 1 }}
+{{ else }}
+  cpu: 1k
+  memory: 1Ti
+  pods: 1M
+{{ end }}
+capacity:
+{{ with .status.capacity }}
+{{ YAML . 1 }}
+{{ else }}
+  cpu: 1k
+  memory: 1Ti
+  pods: 1M
+{{ end }}
+{{ $nodeInfo := .status.nodeInfo }}
+{{ $kwokVersion := printf "kwok-%s" Version }}
+nodeInfo:
+  architecture: {{ or $nodeInfo.architecture "amd64" }}
+  bootID: {{ or $nodeInfo.bootID `""` }}
+  containerRuntimeVersion: {{ or $nodeInfo.containerRuntimeVersion $kwokVersion }}
+  kernelVersion: {{ or $nodeInfo.kernelVersion $kwokVersion }}
+  kubeProxyVersion: {{ or $nodeInfo.kubeProxyVersion $kwokVersion }}
+  kubeletVersion: {{ or $nodeInfo.kubeletVersion $kwokVersion }}
+  machineID: {{ or $nodeInfo.machineID `""` }}
+  operatingSystem: {{ or $nodeInfo.operatingSystem "linux" }}
+  osImage: {{ or $nodeInfo.osImage `""` }}
+  systemUUID: {{ or $nodeInfo.systemUUID `""` }}
+phase: Running
+"""
+
+_READY = '.status.conditions.[] | select( .type == "Ready" ) | .status'
+
+_POD_RUNNING = """\
+{{ $now := Now }}
+conditions:
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: Initialized
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: Ready
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: ContainersReady
+{{ range .spec.readinessGates }}
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: {{ .conditionType | Quote }}
+{{ end }}
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: true
+  restartCount: 0
+  started: true
+  state:
+    running:
+      startedAt: {{ $now | Quote }}
+{{ end }}
+initContainerStatuses:
+{{ range .spec.initContainers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: true
+  restartCount: 0
+  state:
+    terminated:
+      exitCode: 0
+      finishedAt: {{ $now | Quote }}
+      reason: Completed
+      startedAt: {{ $now | Quote }}
+{{ end }}
+hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
+podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) \
+( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
+phase: Running
+startTime: {{ $now | Quote }}
+"""
+
+_POD_SUCCEEDED = """\
+{{ $now := Now }}
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: false
+  restartCount: 0
+  started: false
+  state:
+    terminated:
+      exitCode: 0
+      finishedAt: {{ $now | Quote }}
+      reason: Completed
+      startedAt: {{ $now | Quote }}
+{{ end }}
+conditions:
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: Initialized
+- lastTransitionTime: {{ $now | Quote }}
+  reason: PodCompleted
+  status: "False"
+  type: Ready
+- lastTransitionTime: {{ $now | Quote }}
+  reason: PodCompleted
+  status: "False"
+  type: ContainersReady
+phase: Succeeded
+"""
+
+
+def _stage(name: str, kind: str, exprs: list[dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Stage",
+        "metadata": {"name": name},
+        "spec": {
+            "resourceRef": {"apiGroup": "v1", "kind": kind},
+            "selector": {"matchExpressions": exprs},
+            **spec,
+        },
+    }
+
+
+def stages() -> list[dict[str, Any]]:
+    """Node and pod lifecycles: nodes go Ready (leases keep them so); pods go Running with an
+    IP; pods annotated `aiplane.dev/kwok-complete-after: <duration>` and owned by a Job
+    succeed after that long; others run until deleted."""
+    alive = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
+    annotation = f'.metadata.annotations["{COMPLETE_AFTER_ANNOTATION}"]'
+    return [
+        _stage(
+            "node-initialize",
+            "Node",
+            [{"key": _READY, "operator": "NotIn", "values": ["True"]}],
+            {"next": {"statusTemplate": _NODE_STATUS}},
+        ),
+        _stage(
+            "node-heartbeat-with-lease",
+            "Node",
+            [
+                {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                {"key": _READY, "operator": "In", "values": ["True"]},
+            ],
+            {
+                "delay": {"durationMilliseconds": 600000, "jitterDurationMilliseconds": 610000},
+                "next": {"statusTemplate": _NODE_STATUS},
+            },
+        ),
+        _stage(
+            "pod-ready",
+            "Pod",
+            [alive, {"key": ".status.podIP", "operator": "DoesNotExist"}],
+            {"next": {"statusTemplate": _POD_RUNNING}},
+        ),
+        _stage(
+            "pod-complete",
+            "Pod",
+            [
+                alive,
+                {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                {"key": ".metadata.ownerReferences.[].kind", "operator": "In", "values": ["Job"]},
+                {"key": annotation, "operator": "Exists"},
+            ],
+            {
+                "delay": {"durationMilliseconds": 0, "durationFrom": {"expressionFrom": annotation}},
+                "next": {"statusTemplate": _POD_SUCCEEDED},
+            },
+        ),
+        _stage(
+            "pod-delete",
+            "Pod",
+            [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}],
+            {"next": {"finalizers": {"empty": True}, "delete": True}},
+        ),
+    ]
+
+
+def kwok_config(server_port: int, lease_seconds: int = 40) -> str:
+    """The multi-document `kwok --config` file: options plus our stages."""
+    options = {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokConfiguration",
+        "options": {
+            "cidr": "10.244.0.1/16",
+            "nodeIP": "10.0.0.1",
+            "manageAllNodes": False,
+            "manageNodesWithLabelSelector": f"{KWOK_LABEL[0]}={KWOK_LABEL[1]}",
+            "nodeLeaseDurationSeconds": lease_seconds,
+            "serverAddress": f"127.0.0.1:{server_port}",
+            "enablePodsOnNodeSyncListPager": False,
+            "enablePodsOnNodeSyncStreamWatch": True,
+            "podPlayStageParallelism": 8,
+            "nodePlayStageParallelism": 4,
+            "nodeLeaseParallelism": 4,
+        },
+    }
+    return yaml.safe_dump_all([options, *stages()], sort_keys=False)
