@@ -51,7 +51,12 @@ def _expected(err: Mapping[str, Any], path: str) -> str:
             "less_than_equal": ("<=", "le"),
             "less_than": ("<", "lt"),
         }[kind]
-        return f"must be {op[0]} {ctx.get(op[1])}{shown}"
+        bound = ctx.get(op[1])
+        return (
+            f"must be {op[0]} {bound:g}{shown}"
+            if isinstance(bound, int | float)
+            else f"must be {op[0]} {bound}{shown}"
+        )
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected')}{shown}"
     if kind == "string_pattern_mismatch":

@@ -36,20 +36,23 @@ _QUANTITY_SUFFIX = {
 _QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$")
 
 
+def _plain(value: int | float) -> str:
+    """A number as the user wrote it: never in exponent form (2147483648, not 2.14748e+09)."""
+    if isinstance(value, int) or value.is_integer():
+        return str(int(value))
+    return format(value, "f").rstrip("0").rstrip(".")
+
+
 def _number_to_seconds_text(value: Any) -> Any:
     """Accept a bare number of seconds in YAML (``60``) as ``"60s"``."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return f"{value:g}s"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{_plain(value)}s"
     return value
 
 
 def _number_to_text(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return f"{value:g}"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _plain(value)
     return value
 
 

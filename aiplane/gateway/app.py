@@ -128,31 +128,41 @@ class Gateway:
 
     # -- inference ---------------------------------------------------------------
     async def inference(self, request: web.Request) -> web.StreamResponse:
+        """Every answer is counted, rejected ones too (model ``<invalid>`` or ``<unknown>``)."""
         started = time.monotonic()
         endpoint = request.path
-        raw = await request.read()
-        inference = parse_body(raw, endpoint)
-        route = self.discovery.lookup(inference.model)
-        if route is None:
-            self.metrics.requests.labels("<unknown>", endpoint, "404").inc()
-            raise GatewayError(
-                404, f"The model '{inference.model}' does not exist", param="model", code="model_not_found"
-            )
-        if endpoint not in route.endpoints:
-            raise GatewayError(400, f"model '{inference.model}' does not serve {endpoint}", param="model")
-        name = route.served_name
-        status = "500"
+        label, status = "<invalid>", "500"
         try:
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                limit = self.config.max_body_bytes
+                raise GatewayError(
+                    413, f"request body exceeds {limit} bytes", code="request_too_large"
+                ) from None
+            inference = parse_body(raw, endpoint)
+            route = self.discovery.lookup(inference.model)
+            if route is None:
+                label = "<unknown>"
+                raise GatewayError(
+                    404,
+                    f"The model '{inference.model}' does not exist",
+                    param="model",
+                    code="model_not_found",
+                )
+            label = route.served_name
+            if endpoint not in route.endpoints:
+                raise GatewayError(400, f"model '{inference.model}' does not serve {endpoint}", param="model")
             upstreams = await self._ready_upstreams(route)
             response, outcome = await self._proxy(request, route, inference, raw, upstreams, started)
             status = str(outcome.status)
-            self._observe(name, endpoint, outcome, started)
+            self._observe(label, endpoint, outcome, started)
             return response
         except GatewayError as exc:
             status = str(exc.status)
             raise
         finally:
-            self.metrics.requests.labels(name, endpoint, status).inc()
+            self.metrics.requests.labels(label, endpoint, status).inc()
 
     async def _ready_upstreams(self, route: ModelRoute) -> list[Upstream]:
         name = route.served_name

@@ -7,6 +7,7 @@ replica is reported so the next requests avoid it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -93,7 +94,13 @@ async def forward(
                 _usage(body, outcome)
             resp = web.Response(body=body, status=upstream_resp.status, content_type="application/json")
             return resp, outcome
-        return await _stream(request, upstream_resp, upstream, started)
+        return await _stream(request, upstream_resp, upstream, started, timeout)
+
+
+async def _end_with(resp: web.StreamResponse, event: dict[str, object]) -> None:
+    """End a stream the client already reads with an OpenAI error event, not a hang."""
+    with contextlib.suppress(ConnectionResetError):
+        await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
 
 
 def _usage(body: bytes, outcome: Outcome) -> None:
@@ -106,7 +113,11 @@ def _usage(body: bytes, outcome: Outcome) -> None:
 
 
 async def _stream(
-    request: web.Request, upstream_resp: aiohttp.ClientResponse, upstream: Upstream, started: float
+    request: web.Request,
+    upstream_resp: aiohttp.ClientResponse,
+    upstream: Upstream,
+    started: float,
+    timeout: float,
 ) -> tuple[web.StreamResponse, Outcome]:
     resp = web.StreamResponse(
         status=upstream_resp.status,
@@ -131,8 +142,14 @@ async def _stream(
         if not prepared:
             raise UpstreamUnavailable(f"{upstream.replica_id}: {exc}") from exc
         event = error_body(502, f"replica {upstream.replica_id} failed mid-stream: {exc.__class__.__name__}")
-        await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        await _end_with(resp, event)
         outcome.status, outcome.failure = 502, f"mid-stream: {exc.__class__.__name__}: {exc}"
+    except TimeoutError as exc:
+        message = f"upstream {upstream.replica_id} timed out after {timeout:g}s"
+        if not prepared:
+            raise GatewayError(504, message) from exc
+        await _end_with(resp, error_body(504, message))
+        outcome.status, outcome.failure = 504, "timed out mid-stream"
     if not prepared:
         await resp.prepare(request)
     await resp.write_eof()

@@ -192,11 +192,6 @@ def test_negative_gpus_is_rejected_naming_the_field() -> None:
     assert problem.endswith("(got -1)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: loader._expected prints a float bound as '0.0' (`must be >= 0.0 (got -1)`); "
-    "format the bound with :g like the rest of the messages",
-)
 def test_negative_gpus_message_prints_the_bound_as_written() -> None:
     assert problems(model_with("resources: {gpus: -1}")) == [
         "model.yaml: Model/smollm2: spec.resources.gpus: must be >= 0 (got -1)"
@@ -319,11 +314,6 @@ def test_bad_duration_in_yaml_names_the_field() -> None:
     assert problem.endswith("(got 'soon')")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: quantity._number_to_text formats numbers with :g, so memory: 2147483648 becomes "
-    "'2.14748e+09' and fails the quantity pattern (the same for durations >= 1e6 s)",
-)
 def test_large_integer_memory_in_bytes_is_accepted() -> None:
     mdl = model().memory(2147483648).build()
     assert mdl.spec.resources.memory == "2147483648"

@@ -48,11 +48,6 @@ def test_least_load_ties_never_go_to_a_busier_replica() -> None:
     assert set(chosen) == {"a", "c", "d"} and sum(chosen.values()) == 300
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: strategies.py LeastLoad rotates over all replicas before min(), so the tied replica "
-    "right after a busier one wins twice as often (a=75, c=150, d=75)",
-)
 def test_least_load_ties_rotate_evenly_among_the_least_loaded() -> None:
     assert picks(LeastLoad(), loads(a=0, b=5, c=0, d=0), 300) == {"a": 100, "c": 100, "d": 100}
 
@@ -101,11 +96,6 @@ def test_prefix_hash_keeps_one_prefix_on_one_replica_under_the_bound() -> None:
         assert routes == {Route(first, "prefix owner within load bound")}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: strategies.py PrefixHash compares in_flight+1 with an un-rounded bound, so an owner "
-    "at the mean load (1 of 3 in flight over 3 replicas) is skipped; the bound needs math.ceil",
-)
 def test_prefix_hash_keeps_the_owner_at_mean_load() -> None:
     prefix = "You are a helpful assistant"
     first, second, third = owner_order(prefix)

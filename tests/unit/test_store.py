@@ -86,11 +86,6 @@ def test_delete(store: Store) -> None:
     assert [s.resource.name for s in store.resources()] == ["b"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: store.py Store.delete deletes model_status by name whatever the kind and whether "
-    "anything was deleted, so `delete queue m` wipes Model m's status and autoscaler state",
-)
 def test_deleting_another_kind_keeps_the_models_status(store: Store) -> None:
     store.apply(model("m").build())
     status = ModelStatusRow("m", 1, 1, "ready", {"last_active": 5.0, "below_since": None}, 1.0)

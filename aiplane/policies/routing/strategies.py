@@ -1,22 +1,16 @@
 """Routing strategies: least-load, power-of-two-choices and prefix-hash.
 
-All break ties by rotating on the request's sequence number, so equal replicas share
-work evenly instead of the first one taking everything.
+Ties are broken by the request's sequence number, so equal replicas share work evenly
+instead of the first one taking everything.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 from aiplane.policies.routing.base import ReplicaLoad, Route, RouteRequest
-
-
-def _rotated(replicas: list[ReplicaLoad], seq: int) -> list[ReplicaLoad]:
-    if not replicas:
-        return []
-    k = seq % len(replicas)
-    return replicas[k:] + replicas[:k]
 
 
 @dataclass(frozen=True)
@@ -24,10 +18,11 @@ class LeastLoad:
     name: str = "least-load"
 
     def choose(self, replicas: list[ReplicaLoad], request: RouteRequest) -> Route | None:
-        ordered = _rotated(replicas, request.seq)
-        if not ordered:
+        if not replicas:
             return None
-        best = min(ordered, key=lambda r: r.in_flight)
+        least = min(r.in_flight for r in replicas)
+        tied = [r for r in replicas if r.in_flight == least]
+        best = tied[request.seq % len(tied)]  # rotate among the tied only: an even share
         return Route(best.replica_id, f"least in flight ({best.in_flight})")
 
 
@@ -70,7 +65,7 @@ class PrefixHash:
             return None
         ranked = sorted(replicas, key=lambda r: _hash(f"{r.replica_id}|{request.prefix}"))
         total = sum(r.in_flight for r in replicas) + 1
-        bound = max(1.0, self.load_factor * total / len(replicas))
+        bound = max(1, math.ceil(self.load_factor * total / len(replicas)))
         for replica in ranked:
             if replica.in_flight + 1 <= bound:
                 return Route(replica.replica_id, "prefix owner within load bound")

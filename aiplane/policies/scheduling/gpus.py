@@ -39,7 +39,9 @@ def place(gpus: list[Gpu], used: dict[int, float], need: float, gpu_model: str |
         return Fit((), "no GPU requested")
     candidates = [g for g in gpus if _matches(g, gpu_model)]
     if not candidates:
-        have = sorted({g.model for g in gpus}) or ["none"]
+        if not gpus:
+            return NoFit(f"needs {need:g} GPU(s); this machine has no GPU")
+        have = sorted({g.model for g in gpus})
         return NoFit(f"no GPU of model {gpu_model!r} on this machine (have: {', '.join(have)})")
     if need < 1:
         fits = [g for g in candidates if used.get(g.index, 0.0) + need <= 1.0 + 1e-9]

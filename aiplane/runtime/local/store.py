@@ -124,7 +124,8 @@ class Store:
     def delete(self, kind: str, name: str) -> bool:
         with self._tx() as db:
             cur = db.execute("DELETE FROM resources WHERE kind=? AND name=?", (kind, name))
-            db.execute("DELETE FROM model_status WHERE model=?", (name,))
+            if kind == "Model" and cur.rowcount > 0:
+                db.execute("DELETE FROM model_status WHERE model=?", (name,))
             return cur.rowcount > 0
 
     def resources(self, kind: str | None = None) -> list[StoredResource]:
