@@ -8,6 +8,7 @@
     ├── EngineError            a model server could not be launched or configured
     │   └── SourceError        a model source (pkg://, file://, ...) cannot be resolved
     ├── RuntimeFailure         the local runtime could not do what was asked
+    ├── KubernetesError        the API server refused or failed a request (status kept)
     └── PlaneNotRunning        a CLI command needs `aiplane up` running
 
 The CLI prints ``str(error)`` for any ``AiplaneError`` and exits non-zero: no traceback.
@@ -42,6 +43,14 @@ class SourceError(EngineError):
 
 class RuntimeFailure(AiplaneError):
     """The local runtime failed to act (spawn, port, store)."""
+
+
+class KubernetesError(AiplaneError):
+    """A Kubernetes API call failed; ``status`` is the HTTP status (0 when none)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class PlaneNotRunning(AiplaneError):

@@ -14,6 +14,7 @@ import typer
 
 from aiplane import __version__
 from aiplane.api import KINDS, AnyResource, Model, Queue, load_file, parse_yaml
+from aiplane.cli import kube
 from aiplane.cli.output import age, console, err_console, event_line, table
 from aiplane.errors import AiplaneError, NotFoundError
 from aiplane.gateway.auth import load_keys
@@ -215,6 +216,22 @@ def logs(
 
 
 @app.command()
+def operator(
+    namespace: Annotated[str | None, typer.Option(help="watch one namespace (default: all)")] = None,
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="kubeconfig (default: in-cluster, then KUBECONFIG)")
+    ] = None,
+    liveness: Annotated[
+        str | None, typer.Option(help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    ] = None,
+) -> None:
+    """Run the Kubernetes operator (kopf): Models, TrainingJobs, BatchJobs, Queues."""
+    from aiplane.runtime.kubernetes.operator import run as run_operator
+
+    run_operator(namespace, str(kubeconfig) if kubeconfig else None, liveness)
+
+
+@app.command()
 def version() -> None:
     """Print the aiplane version."""
     console.print(f"aiplane {__version__}")
@@ -229,6 +246,7 @@ def _register_dev() -> None:
 
 if importlib.util.find_spec("aiplane.cli.dev") is not None:
     _register_dev()
+kube.register(app)
 
 
 def main() -> None:

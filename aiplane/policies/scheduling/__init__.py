@@ -1,5 +1,6 @@
-"""Scheduling policies. The local runtime's GPU placement lives here today."""
+"""Scheduling policies: local GPU placement and queue admission."""
 
+from aiplane.policies.scheduling.admission import Admit, Demand, Pending, admit
 from aiplane.policies.scheduling.gpus import Fit, Gpu, NoFit, place
 
-__all__ = ["Fit", "Gpu", "NoFit", "place"]
+__all__ = ["Admit", "Demand", "Fit", "Gpu", "NoFit", "Pending", "admit", "place"]

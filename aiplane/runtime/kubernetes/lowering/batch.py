@@ -1,0 +1,155 @@
+"""``BatchJob`` -> one Indexed Job: completion index ``i`` processes shard ``i``.
+
+Shards are independent, so each index retries on its own (``backoffLimitPerIndex``):
+one bad shard neither restarts the others nor stops the job early, and the shards that
+finished stay finished (the runner writes each shard's output atomically). The Job is
+queued like a TrainingJob (``suspend``, ``schedulerName: aiplane``, the queue label)
+but has no gang: any number of its pods may run.
+
+The shard runner reads its work from the environment:
+``AIPLANE_SHARD`` (the completion index), ``AIPLANE_SHARDS``, ``AIPLANE_TASK``,
+``AIPLANE_INPUT``, ``AIPLANE_OUTPUT`` and, for ``embed``/``generate``,
+``AIPLANE_MODEL`` and ``AIPLANE_MODEL_URL`` (the Model's Service,
+``http://<model>.<ns>.svc/v1``). ``pvc://claim/path`` inputs and outputs are mounted
+under ``/data/<claim>`` and passed as local paths; other URIs pass through unchanged.
+"""
+
+from __future__ import annotations
+
+from aiplane.api import BatchJob
+from aiplane.runtime.kubernetes.constants import (
+    AIPLANE_UID,
+    ANNOTATION_PRIORITY,
+    COMPLETION_INDEX_ANNOTATION,
+    LABEL_JOB,
+    SCHEDULER_NAME,
+)
+from aiplane.runtime.kubernetes.lowering.common import (
+    DEFAULT_OPTIONS,
+    SECURE_DEFAULTS,
+    LoweringOptions,
+    Manifest,
+    OwnerRef,
+    env_list,
+    fail,
+    gpu_placement,
+    labels,
+    metadata,
+    resources,
+    split_pvc_uri,
+)
+from aiplane.runtime.kubernetes.lowering.training import queue_labels
+
+APP = "batchjob"
+COMPONENT = "batch-shard"
+DATA_MOUNT = "/data"
+RUNNER_COMMAND = ["aiplane", "batch", "run-shard"]
+RUNNER_RESOURCES = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
+
+
+def _data(job: BatchJob) -> tuple[list[Manifest], list[Manifest], dict[str, str]]:
+    """(volumes, mounts, env) for input and output; a claim is writable when output uses it."""
+    writable: dict[str, bool] = {}
+    env: dict[str, str] = {}
+    for name, uri, write in (
+        ("AIPLANE_INPUT", job.spec.input, False),
+        ("AIPLANE_OUTPUT", job.spec.output, True),
+    ):
+        named = split_pvc_uri(uri)
+        if named is None:
+            env[name] = uri
+            continue
+        claim, sub = named
+        writable[claim] = writable.get(claim, False) or write
+        env[name] = f"{DATA_MOUNT}/{claim}/{sub}".rstrip("/")
+    volumes, mounts = [], []
+    for i, (claim, write) in enumerate(writable.items()):
+        volumes.append(
+            {"name": f"data-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": not write}}
+        )
+        mounts.append({"name": f"data-{i}", "mountPath": f"{DATA_MOUNT}/{claim}", "readOnly": not write})
+    return volumes, mounts, env
+
+
+def model_url(model: str, namespace: str) -> str:
+    return f"http://{model}.{namespace}.svc/v1"
+
+
+def lower_batch_job(
+    job: BatchJob,
+    namespace: str,
+    owner: OwnerRef | None = None,
+    suspend: bool = True,
+    *,
+    options: LoweringOptions = DEFAULT_OPTIONS,
+) -> list[Manifest]:
+    spec = job.spec
+    last_host = f"{job.name}-{spec.shards - 1}"
+    if len(last_host) > 63:
+        raise fail(job, "metadata.name", f"too long for pod hostnames ({last_host!r} exceeds 63 characters)")
+    volumes, mounts, data_env = _data(job)
+    static = {
+        "AIPLANE_SHARDS": str(spec.shards),
+        "AIPLANE_TASK": spec.task,
+        **data_env,
+        "AIPLANE_JOB": job.name,
+        "AIPLANE_QUEUE": spec.queue,
+    }
+    if spec.model:
+        static |= {"AIPLANE_MODEL": spec.model, "AIPLANE_MODEL_URL": model_url(spec.model, namespace)}
+    gpu = gpu_placement(job, spec.gpus_per_shard, None, "spec.gpusPerShard")
+    own_runner = spec.task != "custom"
+    container: Manifest = {
+        "name": "shard",
+        "image": spec.image or options.image,
+        "command": list(RUNNER_COMMAND if own_runner else spec.command),
+        "env": env_list(static, {"AIPLANE_SHARD": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}),
+    }
+    if own_runner:
+        runner = resources(None, None, gpu)
+        container["resources"] = {
+            "requests": dict(RUNNER_RESOURCES["requests"]),
+            "limits": {**RUNNER_RESOURCES["limits"], **runner.get("limits", {})},
+        }
+        if not spec.image:
+            container["securityContext"] = {
+                **SECURE_DEFAULTS,
+                "runAsNonRoot": True,
+                "runAsUser": AIPLANE_UID,
+            }
+    else:
+        container["resources"] = resources(None, None, gpu)
+    if mounts:
+        container["volumeMounts"] = mounts
+    pod: Manifest = {
+        "restartPolicy": "Never",  # required by backoffLimitPerIndex
+        "schedulerName": SCHEDULER_NAME,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+    }
+    gpu.apply(pod)
+    pod["containers"] = [container]
+    if volumes:
+        pod["volumes"] = volumes
+    job_labels = labels(job, APP, COMPONENT, **{LABEL_JOB: job.name}, **queue_labels(job, spec.queue))
+    return [
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": metadata(job.name, namespace, job_labels, owner),
+            "spec": {
+                "completionMode": "Indexed",
+                "completions": spec.shards,
+                "parallelism": min(spec.parallelism, spec.shards),
+                "suspend": suspend,
+                "backoffLimitPerIndex": spec.max_retries,
+                "template": {
+                    "metadata": {
+                        "labels": job_labels,
+                        "annotations": {ANNOTATION_PRIORITY: str(spec.priority)} | gpu.annotations,
+                    },
+                    "spec": pod,
+                },
+            },
+        }
+    ]

@@ -1,0 +1,200 @@
+"""``aiplane operator``: kopf handlers, kept thin.
+
+Each handler turns an event into a call to ``reconcile.py`` (lower, apply, prune) or
+``status.py`` (pure status), and writes one status patch. Handlers are registered on an
+explicit ``kopf.OperatorRegistry`` built by :func:`build_registry`, never on kopf's
+global one at import. Spec changes are handled at once; timers keep status current
+and re-apply desired state every ``RESYNC_SECONDS`` (level-triggered, drift-correcting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from aiplane.api import BatchJob, Model, TrainingJob
+from aiplane.errors import AiplaneError, KubernetesError, ValidationError
+from aiplane.policies.scheduling import Admit, Pending
+from aiplane.runtime.kubernetes import reconcile
+from aiplane.runtime.kubernetes.client import Kube
+from aiplane.runtime.kubernetes.lowering import DEFAULT_OPTIONS, LoweringOptions, selector_string
+from aiplane.runtime.kubernetes.status import job_status, model_status
+
+GROUP, VERSION = "aiplane.dev", "v1alpha1"
+STATUS_SECONDS = 2.0
+RESYNC_SECONDS = 30.0
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _without_times(status: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(status)
+    out["conditions"] = [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions") or []
+    ]
+    return out
+
+
+def _patch_status(patch: kopf.Patch, old: Mapping[str, Any], new: dict[str, Any]) -> None:
+    """Write status only when it changed (not every timer tick)."""
+    if _without_times(new) != _without_times({k: old.get(k) for k in new}):
+        patch.status.update(new)
+
+
+def options_from_env() -> LoweringOptions:
+    """Cluster choices the install sets on the operator's Deployment (image, storage class)."""
+    return LoweringOptions(
+        image=os.environ.get("AIPLANE_IMAGE") or DEFAULT_OPTIONS.image,
+        storage_class=os.environ.get("AIPLANE_STORAGE_CLASS") or None,
+    )
+
+
+def _opts(memo: kopf.Memo) -> LoweringOptions:
+    options: LoweringOptions = memo["options"]
+    return options
+
+
+def _kube(memo: kopf.Memo) -> Kube:
+    kube: Kube = memo["kube"]
+    return kube
+
+
+async def _guard(body: kopf.Body, coro: Any) -> Any:
+    """Map aiplane errors to kopf's retry semantics, with an Event saying why."""
+    try:
+        return await coro
+    except ValidationError as exc:
+        kopf.warn(body, reason="InvalidSpec", message=str(exc))
+        raise kopf.PermanentError(str(exc)) from exc
+    except KubernetesError as exc:
+        raise kopf.TemporaryError(str(exc), delay=5) from exc
+    except AiplaneError as exc:
+        kopf.warn(body, reason="Failed", message=str(exc))
+        raise kopf.TemporaryError(str(exc), delay=15) from exc
+
+
+def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration"
+        )
+        settings.posting.level = logging.INFO
+        settings.watching.server_timeout = 60
+        stack = contextlib.AsyncExitStack()
+        memo["stack"] = stack
+        memo["kube"] = await stack.enter_async_context(Kube.connect(kubeconfig))
+        memo["options"] = options_from_env()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        stack: contextlib.AsyncExitStack | None = memo.get("stack")
+        if stack:
+            await stack.aclose()
+
+    # -- Model ---------------------------------------------------------------------------
+    @kopf.on.resume(GROUP, VERSION, "models", registry=registry)
+    @kopf.on.create(GROUP, VERSION, "models", registry=registry)
+    @kopf.on.update(GROUP, VERSION, "models", field="spec", registry=registry)
+    async def model_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        applied = await _guard(body, reconcile.reconcile_model(_kube(memo), body, _opts(memo)))
+        message = f"applied {', '.join(applied.names)}"
+        if applied.pruned:
+            message += f"; removed {', '.join(applied.pruned)}"
+        kopf.info(body, reason="Reconciled", message=message)
+
+    @kopf.timer(GROUP, VERSION, "models", interval=STATUS_SECONDS, registry=registry)
+    async def model_status_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        meta = body["metadata"]
+        model = reconcile.from_body(body)
+        assert isinstance(model, Model)
+        deployment = await _kube(memo).get("apps/v1", "Deployment", meta["name"], meta["namespace"])
+        selector = selector_string(model)
+        new = model_status(meta.get("generation", 0), deployment, selector, body.get("status") or {}, _now())
+        _patch_status(patch, body.get("status") or {}, new)
+
+    @kopf.timer(
+        GROUP, VERSION, "models", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, registry=registry
+    )
+    async def model_resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        await _guard(body, reconcile.reconcile_model(_kube(memo), body, _opts(memo)))
+
+    # -- TrainingJob and BatchJob ----------------------------------------------------------
+    for plural in ("trainingjobs", "batchjobs"):
+        _register_job_handlers(registry, plural)
+    return registry
+
+
+def _register_job_handlers(registry: kopf.OperatorRegistry, plural: str) -> None:
+    @kopf.on.resume(GROUP, VERSION, plural, registry=registry)
+    @kopf.on.create(GROUP, VERSION, plural, registry=registry)
+    @kopf.on.update(GROUP, VERSION, plural, field="spec", registry=registry)
+    async def job_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        applied, decision = await _guard(body, reconcile.reconcile_job(_kube(memo), body, _opts(memo)))
+        await _job_status(body, patch, memo, decision)
+        kopf.info(body, reason="Reconciled", message=f"applied {', '.join(applied.names)}; {decision.reason}")
+
+    @kopf.timer(GROUP, VERSION, plural, interval=STATUS_SECONDS, registry=registry)
+    async def job_status_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        decision = None
+        if not reconcile.is_admitted(body):  # quota may have freed: try again
+            _, decision = await _guard(body, reconcile.reconcile_job(_kube(memo), body, _opts(memo)))
+            if isinstance(decision, Admit):
+                kopf.info(body, reason="Admitted", message=decision.reason)
+        await _job_status(body, patch, memo, decision)
+
+
+async def _job_status(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, decision: Admit | Pending | None
+) -> None:
+    meta = body["metadata"]
+    job = reconcile.from_body(body)
+    assert isinstance(job, TrainingJob | BatchJob)
+    if decision is None:
+        decision = await reconcile.admission(_kube(memo), body, job)
+    kube = _kube(memo)
+    scheduled = isinstance(job, TrainingJob) and job.spec.schedule
+    cron = await kube.get("batch/v1", "CronJob", meta["name"], meta["namespace"]) if scheduled else None
+    native = None if scheduled else await kube.get("batch/v1", "Job", meta["name"], meta["namespace"])
+    completions = job.spec.workers if isinstance(job, TrainingJob) else job.spec.shards
+    old = body.get("status") or {}
+    new = job_status(meta.get("generation", 0), native, decision, completions, old, _now(), cron=cron)
+    if new.get("phase") != old.get("phase") and new.get("phase") in ("Running", "Succeeded", "Failed"):
+        kopf.info(
+            body, reason=str(new["phase"]), message=f"{new.get('succeeded', 0)}/{completions} completed"
+        )
+    _patch_status(patch, old, new)
+
+
+def run(namespace: str | None = None, kubeconfig: str | None = None, liveness: str | None = None) -> None:
+    """Run the operator until SIGTERM; one replica (standalone, no kopf peering)."""
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig
+    registry = build_registry(kubeconfig)
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            standalone=True,
+            clusterwide=namespace is None,
+            namespaces=[namespace] if namespace else [],
+            liveness_endpoint=liveness,
+        )
+    )

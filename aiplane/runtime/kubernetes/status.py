@@ -1,0 +1,141 @@
+"""Status of aiplane objects on Kubernetes, computed from what they own. Pure functions.
+
+Follows the API conventions: ``observedGeneration``, and ``conditions`` whose
+``lastTransitionTime`` moves only when their status flips.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiplane.policies.scheduling import Admit, Pending
+
+Manifest = dict[str, Any]
+
+
+def condition(
+    type_: str, status: bool, reason: str, message: str, now: str, previous: list[Manifest] | None
+) -> Manifest:
+    value = "True" if status else "False"
+    before = next((c for c in previous or [] if c.get("type") == type_), None)
+    since = before["lastTransitionTime"] if before and before.get("status") == value else now
+    return {"type": type_, "status": value, "reason": reason, "message": message, "lastTransitionTime": since}
+
+
+def _deployment_condition(deployment: Manifest, type_: str) -> Manifest | None:
+    return next(
+        (c for c in deployment.get("status", {}).get("conditions", []) if c.get("type") == type_), None
+    )
+
+
+def model_status(
+    generation: int, deployment: Manifest | None, selector: str, previous: Manifest, now: str
+) -> Manifest:
+    """Ready/Progressing/Degraded and replica counts from the model's Deployment."""
+    old = previous.get("conditions")
+    if deployment is None:
+        conditions = [
+            condition("Ready", False, "NoDeployment", "the Deployment does not exist yet", now, old),
+            condition("Progressing", True, "Creating", "creating the Deployment", now, old),
+            condition("Degraded", False, "NoDeployment", "", now, old),
+        ]
+        return {"observedGeneration": generation, "replicas": 0, "readyReplicas": 0, "ready": "0/0",
+                "selector": selector, "conditions": conditions}  # fmt: skip
+    spec_replicas = int(deployment.get("spec", {}).get("replicas", 1))
+    st = deployment.get("status", {})
+    ready = int(st.get("readyReplicas") or 0)
+    updated = int(st.get("updatedReplicas") or 0)
+    rolled = st.get("observedGeneration", 0) >= deployment.get("metadata", {}).get("generation", 0)
+    if spec_replicas == 0:
+        ready_cond = condition("Ready", True, "ScaledToZero", "no replicas wanted", now, old)
+    elif ready >= spec_replicas:
+        ready_cond = condition("Ready", True, "AllReplicasReady", f"{ready}/{spec_replicas} ready", now, old)
+    else:
+        ready_cond = condition("Ready", False, "ReplicasNotReady", f"{ready}/{spec_replicas} ready", now, old)
+    rolling = not rolled or updated < spec_replicas or int(st.get("replicas") or 0) > spec_replicas
+    progressing = condition(
+        "Progressing",
+        rolling,
+        "RollingOut" if rolling else "Complete",
+        f"{updated}/{spec_replicas} updated" if rolling else "all replicas run the current spec",
+        now,
+        old,
+    )
+    failure = _deployment_condition(deployment, "ReplicaFailure")
+    stalled = _deployment_condition(deployment, "Progressing")
+    degraded_reason = ""
+    if failure and failure.get("status") == "True":
+        degraded_reason = failure.get("message", "replica failure")
+    elif stalled and stalled.get("reason") == "ProgressDeadlineExceeded":
+        degraded_reason = stalled.get("message", "progress deadline exceeded")
+    degraded = condition(
+        "Degraded", bool(degraded_reason), "ReplicaFailure" if degraded_reason else "AsExpected",
+        degraded_reason, now, old,
+    )  # fmt: skip
+    return {
+        "observedGeneration": generation,
+        "replicas": int(st.get("replicas") or 0),
+        "readyReplicas": ready,
+        "ready": f"{ready}/{spec_replicas}",
+        "selector": selector,
+        "conditions": [ready_cond, progressing, degraded],
+    }
+
+
+def _job_finished(job: Manifest) -> str | None:
+    for cond in job.get("status", {}).get("conditions", []):
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
+            return str(cond["type"])
+    return None
+
+
+def job_status(
+    generation: int,
+    job: Manifest | None,
+    admission: Admit | Pending,
+    completions: int,
+    previous: Manifest,
+    now: str,
+    cron: Manifest | None = None,
+) -> Manifest:
+    """Admitted/Running/Succeeded/Failed from the Job (or the CronJob of a scheduled job)."""
+    old = previous.get("conditions")
+    admitted = isinstance(admission, Admit)
+    conds = [
+        condition(
+            "Admitted", admitted, "QuotaReserved" if admitted else "Pending", admission.reason, now, old
+        )
+    ]
+    status: Manifest = {"observedGeneration": generation, "completions": completions}
+    if cron is not None:
+        last = cron.get("status", {}).get("lastScheduleTime")
+        active = len(cron.get("status", {}).get("active") or [])
+        conds += [
+            condition("Running", active > 0, "Scheduled", f"last run {last or 'never'}", now, old),
+            condition("Succeeded", False, "Scheduled", "a scheduled job runs until deleted", now, old),
+            condition("Failed", False, "Scheduled", "", now, old),
+        ]
+        status |= {"phase": "Scheduled", "succeeded": 0, "lastScheduleTime": last}
+        return status | {"conditions": conds}
+    st = (job or {}).get("status", {})
+    succeeded, failed, active = (int(st.get(k) or 0) for k in ("succeeded", "failed", "active"))
+    finished = _job_finished(job) if job else None
+    running = active > 0 and finished is None
+    phase = finished and ("Succeeded" if finished == "Complete" else "Failed")
+    phase = phase or ("Running" if running else ("Admitted" if admitted else "Pending"))
+    done, lost = finished == "Complete", finished == "Failed"
+    progress = f"{succeeded}/{completions} completed"
+    conds += [
+        condition(
+            "Running", running, "PodsActive" if running else "NotRunning", f"{active} active", now, old
+        ),
+        condition("Succeeded", done, "Complete" if done else "NotComplete", progress, now, old),
+        condition("Failed", lost, "JobFailed" if lost else "NotFailed", f"{failed} failed pods", now, old),
+    ]
+    return status | {
+        "phase": phase,
+        "succeeded": succeeded,
+        "failed": failed,
+        "active": active,
+        "conditions": conds,
+    }
