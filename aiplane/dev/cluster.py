@@ -39,6 +39,7 @@ from aiplane.dev.layout import (
     read_pid,
 )
 from aiplane.dev.pki import Pki, ensure_pki, kubeconfig
+from aiplane.dev.storage import apply_storage
 
 DEFAULT_GPU_NODES = ("4x8:H100",)
 DEFAULT_CPU_NODES = 2
@@ -238,6 +239,7 @@ def up(
         state["fleet"] = {"gpu_nodes": gpu, "cpu_nodes": cpu}
         paths.state.write_text(json.dumps(state, indent=2) + "\n")
         apply_nodes(api, nodes)
+        apply_storage(api)
         names = {n["metadata"]["name"] for n in nodes}
         what = f"{len(names)} KWOK nodes Ready"
         _wait(lambda: _nodes_ready(api) >= names, deadline, what, paths, sup_alive)

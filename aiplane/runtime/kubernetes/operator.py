@@ -28,6 +28,7 @@ from aiplane.runtime.kubernetes.lowering import DEFAULT_OPTIONS, LoweringOptions
 from aiplane.runtime.kubernetes.status import job_status, model_status
 
 GROUP, VERSION = "aiplane.dev", "v1alpha1"
+KOPF_PREFIX = f"kopf.{GROUP}"  # kopf's bookkeeping annotations; never passed on to pods
 STATUS_SECONDS = 2.0
 RESYNC_SECONDS = 30.0
 
@@ -93,9 +94,9 @@ def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=GROUP, key="last-handled-configuration"
+            prefix=KOPF_PREFIX, key="last-handled-configuration"
         )
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 60

@@ -30,7 +30,11 @@ LABEL_KEY = {"Model": "aiplane.dev/model", "TrainingJob": "aiplane.dev/job", "Ba
 def from_body(body: Mapping[str, Any]) -> AnyResource:
     """The API object a custom resource stands for (server-side metadata dropped)."""
     meta = body.get("metadata", {})
-    kept: dict[str, Any] = {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})}
+    kept: dict[str, Any] = {
+        "name": meta.get("name"),
+        "labels": dict(meta.get("labels") or {}),
+        "annotations": dict(meta.get("annotations") or {}),
+    }
     if meta.get("namespace"):
         kept["namespace"] = meta["namespace"]
     doc = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept}

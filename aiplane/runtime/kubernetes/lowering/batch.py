@@ -37,6 +37,7 @@ from aiplane.runtime.kubernetes.lowering.common import (
     metadata,
     resources,
     split_pvc_uri,
+    user_pod_annotations,
 )
 from aiplane.runtime.kubernetes.lowering.training import queue_labels
 
@@ -146,7 +147,9 @@ def lower_batch_job(
                 "template": {
                     "metadata": {
                         "labels": job_labels,
-                        "annotations": {ANNOTATION_PRIORITY: str(spec.priority)} | gpu.annotations,
+                        "annotations": user_pod_annotations(job)
+                        | {ANNOTATION_PRIORITY: str(spec.priority)}
+                        | gpu.annotations,
                     },
                     "spec": pod,
                 },

@@ -266,3 +266,10 @@ SECURE_DEFAULTS: Manifest = {
     "allowPrivilegeEscalation": False,
     "capabilities": {"drop": ["ALL"]},
 }
+
+
+def user_pod_annotations(resource: Resource) -> dict[str, str]:
+    """The resource's own annotations, passed on to its pods (sidecar injection, scraping,
+    test hooks such as KWOK's completion delay). Tool bookkeeping stays on the resource."""
+    skip = ("kubectl.kubernetes.io/", "kopf.aiplane.dev/", "kopf.zalando.org/")
+    return {k: v for k, v in resource.metadata.annotations.items() if not k.startswith(skip)}

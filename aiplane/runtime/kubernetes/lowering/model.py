@@ -54,6 +54,7 @@ from aiplane.runtime.kubernetes.lowering.common import (
     pvc,
     resources,
     split_pvc_uri,
+    user_pod_annotations,
 )
 
 APP = "model"
@@ -239,7 +240,7 @@ def _pod_annotations(model: Model, launch: ContainerLaunch, gpu: GpuPlacement) -
             "prometheus.io/port": str(launch.port),
             "prometheus.io/path": launch.probes.metrics_path,
         }
-    return out | gpu.annotations
+    return user_pod_annotations(model) | out | gpu.annotations
 
 
 def _deployment(

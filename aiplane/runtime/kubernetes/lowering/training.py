@@ -47,6 +47,7 @@ from aiplane.runtime.kubernetes.lowering.common import (
     pvc,
     resources,
     split_pvc_uri,
+    user_pod_annotations,
 )
 
 APP = "trainingjob"
@@ -198,7 +199,10 @@ def _job_spec(
     if spec.active_deadline:
         out["activeDeadlineSeconds"] = math.ceil(parse_duration(spec.active_deadline))
     out["template"] = {
-        "metadata": {"labels": pod_labels, "annotations": annotations | gpu.annotations},
+        "metadata": {
+            "labels": pod_labels,
+            "annotations": user_pod_annotations(job) | annotations | gpu.annotations,
+        },
         "spec": pod,
     }
     return out
