@@ -116,9 +116,16 @@ class Kube:
                 auth_settings=["BearerToken"],
                 _preload_content=False,
             )
-            raw = await resp[0].read() if isinstance(resp, tuple) else await resp.read()
+            response = resp[0] if isinstance(resp, tuple) else resp
+            raw = await response.read()
+            status = int(response.status)
         except ApiException as exc:
             raise KubernetesError(_explain(exc, method, path), status=exc.status) from exc
+        if status >= 400:  # without preloading, the client does not raise on errors
+            raise KubernetesError(
+                _explain(ApiException(status=status, reason=response.reason), method, path, raw),
+                status=status,
+            )
         return json.loads(raw) if raw else None
 
     async def apply(self, obj: Manifest, force: bool = True) -> Manifest:
@@ -173,10 +180,10 @@ class Kube:
         return result
 
 
-def _explain(exc: ApiException, method: str, path: str) -> str:
+def _explain(exc: ApiException, method: str, path: str, raw: bytes | None = None) -> str:
     message = exc.reason or ""
     try:
-        body = json.loads(exc.body or "{}")
+        body = json.loads(raw or exc.body or "{}")
         message = body.get("message", message)
     except (json.JSONDecodeError, TypeError):
         pass

@@ -189,6 +189,7 @@ def run(namespace: str | None = None, kubeconfig: str | None = None, liveness: s
     """Run the operator until SIGTERM; one replica (standalone, no kopf peering)."""
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
+    kopf.configure(verbose=bool(os.environ.get("AIPLANE_DEBUG")), log_prefix=True)
     registry = build_registry(kubeconfig)
     asyncio.run(
         kopf.operator(

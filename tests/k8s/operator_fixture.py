@@ -1,0 +1,99 @@
+"""The real operator as a subprocess against the dev cluster, plus kubectl helpers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aiplane.runtime.kubernetes.crds import all_crds
+from tests.k8s.conftest import K8sCluster
+
+
+def install_crds(cluster: K8sCluster) -> None:
+    """Server-side apply of the CRDs: idempotent, shared by every test module."""
+    text = yaml.safe_dump_all(all_crds())
+    out = subprocess.run(
+        ["kubectl", "--kubeconfig", str(cluster.kubeconfig), "apply", "--server-side", "--force-conflicts",
+         "-f", "-"],
+        input=text, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    for crd in all_crds():
+        wait = cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}")
+        assert wait.returncode == 0, wait.stderr
+
+
+@dataclass
+class Operator:
+    cluster: K8sCluster
+    log_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    def start(self) -> Operator:
+        log = self.log_dir / f"operator-{len(self.logs)}.log"
+        self.logs.append(log)
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "aiplane.cli.main",
+                    "operator",
+                    "--kubeconfig",
+                    str(self.cluster.kubeconfig),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in self.logs if p.exists())
+
+
+def kubectl_json(cluster: K8sCluster, *args: str) -> Any:
+    out = cluster.kubectl(*args, "-o", "json")
+    if out.returncode != 0:
+        if "NotFound" in out.stderr or "not found" in out.stderr:
+            return None
+        raise AssertionError(f"kubectl {' '.join(args)}: {out.stderr}")
+    return json.loads(out.stdout)
+
+
+def apply_yaml(
+    cluster: K8sCluster, text: str, namespace: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    args = ["kubectl", "--kubeconfig", str(cluster.kubeconfig), "apply", "-f", "-"]
+    if namespace:
+        args += ["-n", namespace]
+    return subprocess.run(args, input=text, capture_output=True, text=True, timeout=60, check=False)
+
+
+def wait_for(probe: Any, timeout: float, what: str, interval: float = 0.3) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
