@@ -75,8 +75,17 @@ def install(
         str | None,
         typer.Option(help="Secret (in --namespace) whose 'keys' entry lists the gateway's API keys"),
     ] = None,
+    helm_chart: Annotated[
+        Path | None, typer.Option(help="write the same install as a Helm chart into this directory")
+    ] = None,
 ) -> None:
     """Print CRDs, RBAC and the platform's Deployments, for `kubectl apply -f -`."""
+    if helm_chart is not None:
+        from aiplane.runtime.kubernetes.helm import write_chart
+
+        for path in write_chart(helm_chart):
+            sys.stderr.write(f"wrote {path}\n")
+        return
     sys.stdout.write(dump(install_manifests(namespace, image, gateway_keys_secret=gateway_keys_secret)))
 
 

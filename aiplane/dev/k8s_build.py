@@ -30,6 +30,7 @@ from aiplane.dev import DevClusterError
 KUBERNETES_VERSION = "v1.33.13"
 ETCD_VERSION = "v3.5.35"
 KWOK_VERSION = "v0.7.0"
+HELM_VERSION = "v3.17.3"  # only for validating and applying the Helm chart in tests
 MIN_GO = (1, 24)  # what k8s.io/kubernetes v1.33 declares in its go.mod
 
 K8S_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -152,6 +153,30 @@ def ensure_binaries(
         have[name] = builder.build(name)
     builder.record(have)
     return have
+
+
+def helm_version(path: Path) -> str:
+    try:
+        out = subprocess.run(
+            [str(path), "version", "--short"], capture_output=True, text=True, timeout=VERSION_TIMEOUT_S
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip()
+
+
+def ensure_helm(versions: Versions = Versions(), *, build: bool = True, log: Log = print) -> Path:
+    """helm from $AIPLANE_HELM, the cache, or built once from the Go module proxy."""
+    if env := os.environ.get("AIPLANE_HELM"):
+        if not _is_exe(Path(env)):
+            raise DevClusterError(f"AIPLANE_HELM={env} is not an executable")
+        return Path(env)
+    cached = bin_dir(versions) / "helm"
+    if _is_exe(cached) and helm_version(cached).startswith(HELM_VERSION):
+        return cached
+    if not build:
+        raise DevClusterError(f"helm {HELM_VERSION} is not cached: run `aiplane dev build-k8s --helm`")
+    return _Builder(versions, log).build_helm(HELM_VERSION)
 
 
 def find_go() -> Path:
@@ -351,6 +376,19 @@ class _Builder:
         gomod = f"module aiplane.dev/etcd-build\n\ngo 1.24.0\n\nrequire go.etcd.io/etcd/server/v3 {v}\n"
         src = self._tidy_once("etcd", gomod, {"main.go": _ETCD_MAIN})
         self._go_build(src, ".", "etcd", "-s -w")
+
+    def build_helm(self, version: str) -> Path:
+        """`go install` helm into the cache's bin directory (helm is not a control-plane binary)."""
+        self.log(f"building helm {version} ...")
+        start = time.monotonic()
+        gobin = self.root / "src" / "helm-bin"
+        gobin.mkdir(parents=True, exist_ok=True)
+        flags = f"-s -w -X helm.sh/helm/v3/internal/version.version={version}"
+        cmd = [str(self.go), "install", "-trimpath", "-ldflags", flags, f"helm.sh/helm/v3/cmd/helm@{version}"]
+        self._run(cmd, self.root, "helm-build", GO_STEP_TIMEOUT_S, {"GOBIN": str(gobin)})
+        (gobin / "helm").replace(self.bin / "helm")
+        self.log(f"built helm in {time.monotonic() - start:.0f}s")
+        return self.bin / "helm"
 
     def _build_kwok(self) -> None:
         gobin = self.root / "src" / "kwok-bin"

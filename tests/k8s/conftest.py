@@ -28,7 +28,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from aiplane.dev import DevClusterError
 from aiplane.dev import cluster as dev_cluster
-from aiplane.dev.k8s_build import ensure_binaries
+from aiplane.dev.k8s_build import ensure_binaries, ensure_helm
 
 GPU_POOLS = ["4x8:H100", "2x8:A100"]
 CPU_NODES = 2
@@ -49,6 +49,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
     try:
         ensure_binaries(log=log)
+        ensure_helm(log=log)  # for the Helm chart test; a one-time ~1 min build
     except DevClusterError as e:
         session.config.stash[_BUILD_ERROR] = str(e)
 
