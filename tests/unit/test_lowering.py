@@ -365,6 +365,7 @@ def test_scheduled_training_job_is_a_cronjob_of_the_job() -> None:
 
 def test_training_job_needs_an_image_on_kubernetes() -> None:
     (finetune,) = [r for r in load_file(EXAMPLES / "jobs.yaml") if isinstance(r, TrainingJob)]
+    finetune = finetune.model_copy(update={"spec": finetune.spec.model_copy(update={"image": None})})
     with pytest.raises(ValidationError, match=r"TrainingJob/finetune: spec\.image: required on Kubernetes"):
         lower_training_job(finetune, "default")
 
@@ -439,7 +440,14 @@ def test_render_prints_multi_document_yaml(tmp_path: Path) -> None:
         (EXAMPLES / "gpu-models.yaml").read_text() + "---\n" + (EXAMPLES / "jobs.yaml").read_text()
     )
     result = CliRunner().invoke(app, ["render", "-f", str(source), "--namespace", "ml"])
-    assert result.exit_code == 1  # the example TrainingJob has no image: the error names it
+    assert result.exit_code == 0, result.output
+    kinds = [d["kind"] for d in yaml.safe_load_all(result.stdout)]
+    assert kinds.count("Deployment") == 2 and "CronJob" in kinds and kinds.count("Job") == 1
+
+    no_image = (EXAMPLES / "jobs.yaml").read_text().replace("  image: pytorch/", "  # image: pytorch/")
+    source.write_text(no_image)
+    result = CliRunner().invoke(app, ["render", "-f", str(source), "--namespace", "ml"])
+    assert result.exit_code == 1  # a TrainingJob without an image: the error names the field
     assert "spec.image" in str(result.exception)
 
     source.write_text((EXAMPLES / "gpu-models.yaml").read_text())
