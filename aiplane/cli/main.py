@@ -232,6 +232,30 @@ def operator(
 
 
 @app.command()
+def gateway(
+    host: Annotated[str, typer.Option(help="listen address (0.0.0.0 in a pod)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="listen port")] = 8000,
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="kubeconfig (default: in-cluster, then KUBECONFIG)")
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="serve Models of one namespace (default: all)")
+    ] = None,
+    api_key_file: Annotated[Path | None, typer.Option(help="file of API keys, one per line")] = None,
+) -> None:
+    """Run the OpenAI-compatible gateway over the Models of a Kubernetes cluster."""
+    from aiplane.runtime.kubernetes.gateway import run_gateway
+
+    run_gateway(
+        host,
+        port,
+        str(kubeconfig) if kubeconfig else None,
+        namespace,
+        str(api_key_file) if api_key_file else None,
+    )
+
+
+@app.command()
 def version() -> None:
     """Print the aiplane version."""
     console.print(f"aiplane {__version__}")

@@ -1,0 +1,250 @@
+"""The gateway's view of a cluster: Models for routes, EndpointSlices for ready pods.
+
+:class:`KubernetesDiscovery` implements :class:`aiplane.gateway.discovery.Discovery`
+from an in-memory view that a background task refreshes about once a second. What the
+objects mean is in :mod:`aiplane.runtime.kubernetes.routes` (pure); this module does
+the I/O, the timing and the bookkeeping.
+
+**Polling, not watching.** Each refresh is two LISTs: the Models (all namespaces, or
+one) and the EndpointSlices of every Model Service (one call, selected by the
+``aiplane.dev/model`` label the EndpointSlice controller copies from the Service, then
+matched to Models by ``kubernetes.io/service-name``). Why not a watch:
+
+* a watch needs a streamed response; ``Kube.request`` reads whole bodies, so a watch
+  would go around the client and re-implement an informer (resourceVersions, 410
+  Gone and relist, bookmarks, reconnects) whose every bug is a stale route;
+* polling is level-triggered: each refresh is the whole truth, so a missed event, a
+  restarted API server or a dropped connection heals on the next tick;
+* a second of latency is nothing next to a cold start (tens of seconds to minutes),
+  and a scaled-down pod keeps serving through its 10 s ``preStop`` sleep, longer than
+  the gateway takes to notice it left the slice;
+* the cost is two label-selected LISTs per second per gateway replica, which the API
+  server answers from its watch cache (consistent reads from cache, Kubernetes 1.31+).
+
+When a refresh fails, the last view is kept (pods keep serving while the API server
+restarts); a replica that really went away is caught by :meth:`report_failure`.
+
+**Served-name conflicts.** Two Models (in different namespaces, or under different
+names) with the same served name: the one created first gets the name, on every
+gateway replica alike; the other is not routed to and a warning is logged once.
+
+**Cold starts.** :meth:`wait_for_upstreams` waits for the next refresh that brings a
+ready pod, and counts the waiter in :meth:`demand` (the gateway's own
+``aiplane_gateway_requests_queued`` gauge reports the same). Scale-from-zero on
+Kubernetes -- the operator acting on that demand -- is a later issue: for now a Model
+at zero replicas gets a 503 with ``Retry-After`` after its ``coldStart`` timeout unless
+something else scales it up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+import aiohttp
+
+from aiplane.engines import EngineRegistry, default_registry
+from aiplane.errors import AiplaneError, KubernetesError
+from aiplane.gateway.discovery import ModelRoute, Upstream
+from aiplane.runtime.kubernetes.client import Manifest
+from aiplane.runtime.kubernetes.constants import LABEL_MODEL
+from aiplane.runtime.kubernetes.routes import (
+    ModelKey,
+    elect,
+    key_of,
+    route_from_body,
+    upstreams_by_model,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_API = "aiplane.dev/v1alpha1"
+SLICE_API = "discovery.k8s.io/v1"
+SLICE_SELECTOR = LABEL_MODEL
+"""Slices of Model Services: the EndpointSlice controller copies the Service's labels."""
+
+POLL_INTERVAL_S = 1.0
+SUSPECT_FOR_S = 5.0
+REFRESH_TIMEOUT_S = 10.0  # a hung LIST must not freeze the view forever
+MAX_BACKOFF_S = 10.0
+WAIT_SLICE_S = 1.0  # a waiter re-checks at least this often (suspects expire between refreshes)
+
+
+class Lister(Protocol):
+    """The one client call discovery makes; :class:`~aiplane.runtime.kubernetes.client.Kube` has it."""
+
+    async def list(
+        self, api_version: str, kind: str, namespace: str | None = None, selector: str | None = None
+    ) -> list[Manifest]: ...
+
+
+class KubernetesDiscovery:
+    def __init__(
+        self,
+        kube: Lister,
+        namespace: str | None = None,
+        *,
+        engines: EngineRegistry | None = None,
+        interval: float = POLL_INTERVAL_S,
+        suspect_for: float = SUSPECT_FOR_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._kube = kube
+        self._namespace = namespace
+        self._engines = engines or default_registry()
+        self._interval = interval
+        self._suspect_for = suspect_for
+        self._clock = clock
+        self._routes: dict[str, ModelRoute] = {}
+        self._owners: dict[str, ModelKey] = {}
+        self._ready: dict[ModelKey, list[Upstream]] = {}
+        self._suspects: dict[Upstream, float] = {}
+        self._parsed: dict[tuple[str, str], ModelRoute | None] = {}  # (uid, generation) -> route
+        self._conflicts: set[str] = set()
+        self._waiting: Counter[str] = Counter()
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the Discovery protocol ---------------------------------------------------
+    def models(self) -> list[ModelRoute]:
+        return sorted(self._routes.values(), key=lambda r: r.served_name)
+
+    def lookup(self, served_name: str) -> ModelRoute | None:
+        return self._routes.get(served_name)
+
+    def upstreams(self, served_name: str) -> list[Upstream]:
+        owner = self._owners.get(served_name)
+        if owner is None:
+            return []
+        now = self._clock()
+        return [u for u in self._ready.get(owner, []) if self._suspects.get(u, 0.0) <= now]
+
+    async def wait_for_upstreams(self, served_name: str, timeout: float) -> list[Upstream]:
+        deadline = self._clock() + timeout
+        self._waiting[served_name] += 1
+        try:
+            while not (ready := self.upstreams(served_name)):
+                remaining = deadline - self._clock()
+                if remaining <= 0 or self.lookup(served_name) is None:  # a deleted Model stops the wait
+                    return []
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, WAIT_SLICE_S))
+            return ready
+        finally:
+            self._waiting[served_name] -= 1
+            if self._waiting[served_name] <= 0:
+                del self._waiting[served_name]
+
+    def report_failure(self, upstream: Upstream, error: str) -> None:
+        """Keep the pod out of routing for a few seconds; the slice is the truth after that.
+
+        A pod its slice already dropped needs no mark. The window is short because the
+        gateway cannot probe a pod itself: if it is still failing, the next request
+        reports it again.
+        """
+        if not any(upstream in ups for ups in self._ready.values()):
+            return
+        log.warning("upstream %s (%s) failed: %s; not routing to it for %gs",
+                    upstream.replica_id, upstream.base_url, error, self._suspect_for)  # fmt: skip
+        self._suspects[upstream] = self._clock() + self._suspect_for
+
+    # -- what the Kubernetes gateway adds -------------------------------------------
+    def demand(self) -> dict[str, int]:
+        """Requests waiting for a first ready replica, by served name (for scale-from-zero)."""
+        return {name: n for name, n in self._waiting.items() if n > 0}
+
+    async def refresh(self) -> None:
+        """One poll: the whole truth replaces the view, then every waiter re-checks."""
+        models = await self._kube.list(MODEL_API, "Model", self._namespace)
+        slices = await self._kube.list(SLICE_API, "EndpointSlice", self._namespace, SLICE_SELECTOR)
+        self.update(models, slices)
+
+    def update(self, models: list[Manifest], slices: list[Manifest]) -> None:
+        """Replace the view with what was just listed (public: fed directly by unit tests)."""
+        elected = elect(self._candidates(models))
+        for conflict in sorted(set(elected.conflicts) - self._conflicts):
+            log.warning("%s", conflict)
+        self._conflicts = set(elected.conflicts)
+        self._routes, self._owners = elected.routes, elected.owners
+        self._ready = upstreams_by_model(slices)
+        now = self._clock()
+        self._suspects = {u: until for u, until in self._suspects.items() if until > now}
+        self._notify()
+
+    def _candidates(self, models: list[Manifest]) -> list[tuple[ModelKey, ModelRoute]]:
+        """Routes of the listed Models, parsed once per spec generation; bad ones skipped."""
+        parsed: dict[tuple[str, str], ModelRoute | None] = {}
+        out = []
+        for body in models:
+            meta = body.get("metadata") or {}
+            cache_key = (str(meta.get("uid") or key_of(body)), str(meta.get("generation", "")))
+            if cache_key in self._parsed:
+                route = self._parsed[cache_key]
+            else:
+                try:
+                    route = route_from_body(body, self._engines)
+                except (AiplaneError, ValueError, TypeError) as exc:
+                    log.warning("Model %s is not routed: %s", key_of(body), exc)
+                    route = None
+            parsed[cache_key] = route
+            if route is not None:
+                out.append((key_of(body), route))
+        self._parsed = parsed  # forget deleted Models and old generations
+        return out
+
+    def _notify(self) -> None:
+        """Wake every waiter: a fresh Event per refresh, so no waiter misses one."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    # -- the poller --------------------------------------------------------------------
+    async def start(self) -> None:
+        """First refresh in the foreground: a gateway that cannot read the cluster says so
+        at start-up (bad credentials, missing RBAC, no CRD) instead of answering 404s."""
+        if self._task is not None:
+            return
+        try:
+            await asyncio.wait_for(self.refresh(), REFRESH_TIMEOUT_S)
+        except TimeoutError:
+            raise KubernetesError(f"listing Models took over {REFRESH_TIMEOUT_S:g}s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise KubernetesError(f"cannot reach the Kubernetes API server: {exc}") from exc
+        self._task = asyncio.create_task(self._poll(), name="kubernetes-discovery")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[KubernetesDiscovery]:
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+    async def _poll(self) -> None:
+        failures = 0
+        while True:
+            delay = self._interval
+            try:
+                await asyncio.wait_for(self.refresh(), REFRESH_TIMEOUT_S)
+            except Exception as exc:  # the poller must outlive any one failed refresh
+                failures += 1
+                delay = min(self._interval * 2 ** min(failures, 8), MAX_BACKOFF_S)
+                if failures % 30 == 1:  # the first of a streak, then every few minutes
+                    log.warning("refreshing routes failed (%d in a row), keeping the last view: %s: %s",
+                                failures, type(exc).__name__, exc)  # fmt: skip
+            else:
+                if failures:
+                    log.info("refreshing routes works again after %d failures", failures)
+                failures = 0
+            await asyncio.sleep(delay)

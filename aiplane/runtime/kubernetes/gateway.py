@@ -1,0 +1,96 @@
+"""``aiplane gateway`` on Kubernetes: the same OpenAI gateway, routes from the cluster.
+
+The gateway app is :class:`aiplane.gateway.Gateway`, unchanged; only its Discovery
+differs (:class:`KubernetesDiscovery`). The discovery poller lives exactly as long as
+the app (an aiohttp cleanup context), so tests that serve :func:`build_app` in process
+run what the Deployment runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from aiplane.errors import AiplaneError
+from aiplane.gateway import Gateway, GatewayConfig
+from aiplane.gateway.auth import load_keys
+from aiplane.runtime.kubernetes.client import Kube
+from aiplane.runtime.kubernetes.discovery import KubernetesDiscovery
+
+log = logging.getLogger(__name__)
+
+
+def build_app(discovery: KubernetesDiscovery, api_keys: frozenset[str] = frozenset()) -> web.Application:
+    """The gateway app with the discovery poller started on startup and stopped on cleanup."""
+    app = Gateway(discovery, config=GatewayConfig(api_keys=api_keys)).app()
+
+    async def poller(_: web.Application) -> AsyncIterator[None]:
+        async with discovery.running():
+            yield
+
+    app.cleanup_ctx.append(poller)
+    return app
+
+
+async def serve(
+    host: str,
+    port: int,
+    kubeconfig: str | None,
+    namespace: str | None,
+    api_key_file: str | None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives; in-flight requests then finish."""
+    try:
+        keys = load_keys(api_key_file)
+    except OSError as exc:
+        raise AiplaneError(f"cannot read API keys from {exc.filename}: {exc.strerror}") from exc
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Kube.connect(kubeconfig) as kube:
+            discovery = KubernetesDiscovery(kube, namespace)
+            runner = web.AppRunner(build_app(discovery, keys), access_log=None, handle_signals=False)
+            await runner.setup()  # the first refresh: fails here on bad credentials or RBAC
+            try:
+                site = web.TCPSite(runner, host, port, reuse_address=True)
+                try:
+                    await site.start()
+                except OSError as exc:
+                    raise AiplaneError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+                scope = f"namespace {namespace}" if namespace else "all namespaces"
+                log.info("gateway on http://%s:%d, routing Models in %s", host, port, scope)
+                await stop.wait()
+            finally:
+                await runner.cleanup()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+def run_gateway(
+    host: str, port: int, kubeconfig: str | None, namespace: str | None, api_key_file: str | None
+) -> None:
+    """Blocking entry point for ``aiplane gateway``; uses uvloop where it is installed.
+
+    ``kubeconfig=None`` means in-cluster credentials, else the default kubeconfig;
+    ``namespace=None`` routes Models of every namespace. Raises an
+    :class:`~aiplane.errors.AiplaneError` (one line for the CLI) when it cannot start.
+    """
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(host, port, kubeconfig, namespace, api_key_file))
