@@ -15,7 +15,8 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from aiplane.api import AnyResource, BatchJob, Queue, TrainingJob, load_file, parse_yaml
+from aiplane.api import BatchJob, Queue, TrainingJob
+from aiplane.cli.files import load_resources
 from aiplane.runtime.kubernetes.constants import AIPLANE_IMAGE
 from aiplane.runtime.kubernetes.install import DEFAULT_NAMESPACE, install_manifests
 from aiplane.runtime.kubernetes.lowering import lower
@@ -31,16 +32,6 @@ def dump(docs: list[dict[str, Any]]) -> str:
     return yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True) if docs else ""
 
 
-def _load(files: list[Path]) -> list[AnyResource]:
-    out: list[AnyResource] = []
-    for path in files:
-        if str(path) == "-":
-            out.extend(parse_yaml(sys.stdin.read(), source="<stdin>"))
-        else:
-            out.extend(load_file(path))
-    return out
-
-
 def render(
     file: Annotated[list[Path], typer.Option("--file", "-f", help="resource YAML (repeatable; - for stdin)")],
     namespace: Annotated[
@@ -52,7 +43,7 @@ def render(
 ) -> None:
     """Print the native Kubernetes manifests the operator would create (for GitOps)."""
     docs: list[dict[str, Any]] = []
-    for resource in _load(file):
+    for resource in load_resources(file):
         if isinstance(resource, Queue):
             typer.echo(
                 f"note: {resource.ref} has nothing to lower; apply it as is (cluster-scoped)", err=True

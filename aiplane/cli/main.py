@@ -13,8 +13,9 @@ from typing import Annotated
 import typer
 
 from aiplane import __version__
-from aiplane.api import KINDS, AnyResource, Model, Queue, load_file, parse_yaml
+from aiplane.api import KINDS, AnyResource, Model, Queue
 from aiplane.cli import kube
+from aiplane.cli.files import load_resources
 from aiplane.cli.output import age, console, err_console, event_line, table
 from aiplane.errors import AiplaneError, NotFoundError
 from aiplane.gateway.auth import load_keys
@@ -34,16 +35,6 @@ FilesOpt = Annotated[
 ]
 
 
-def _load(files: list[Path]) -> list[AnyResource]:
-    out: list[AnyResource] = []
-    for path in files:
-        if str(path) == "-":
-            out.extend(parse_yaml(sys.stdin.read(), source="<stdin>"))
-        else:
-            out.extend(load_file(path))
-    return out
-
-
 def _store() -> Store:
     return Store(db_path(aiplane_home()))
 
@@ -60,7 +51,7 @@ def up(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    resources: list[AnyResource] = _load(file) if file else [default_model()]
+    resources: list[AnyResource] = load_resources(file) if file else [default_model()]
     keys = load_keys(str(api_key_file) if api_key_file else None)
     status = console.status("starting the plane")
     status.start()
@@ -93,7 +84,7 @@ def apply(file: FilesOpt = None) -> None:
     if not file:
         raise AiplaneError("apply needs -f FILE")
     store = _store()
-    for resource in _load(file):
+    for resource in load_resources(file):
         result = store.apply(resource)
         console.print(f"{resource.kind.lower()}/{resource.name} {result}")
     if not _plane_running(store):

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from aiplane.api import Model, parse_duration
+from aiplane.api import Model
 from aiplane.engines import EngineRegistry
 from aiplane.gateway.discovery import ModelRoute, Upstream
-from aiplane.policies.routing import router_for
 from aiplane.runtime.kubernetes.reconcile import from_body
+from aiplane.runtime.model_route import model_route
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 """Set by the EndpointSlice controller on every slice it manages for a Service."""
@@ -73,15 +73,7 @@ def route_from_body(body: Body, engines: EngineRegistry) -> ModelRoute:
     model = from_body(body)
     if not isinstance(model, Model):
         raise TypeError(f"{key_of(body)} is a {type(model).__name__}, not a Model")
-    return ModelRoute(
-        served_name=model.served_name,
-        owner=str(key_of(body)),
-        endpoints=engines.get(model.spec.engine).endpoints,
-        router=router_for(model.spec.routing.strategy),
-        cold_start_timeout=parse_duration(model.spec.timeouts.cold_start),
-        request_timeout=parse_duration(model.spec.timeouts.request),
-        created=created_at(body),
-    )
+    return model_route(model, str(key_of(body)), created_at(body), engines)
 
 
 @dataclass(frozen=True)

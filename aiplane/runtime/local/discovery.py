@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import time
 
-from aiplane.api import Model, parse_duration
+from aiplane.api import Model
 from aiplane.engines import EngineRegistry
 from aiplane.gateway.discovery import ModelRoute, Upstream
-from aiplane.policies.routing import router_for
 from aiplane.runtime.local.supervisor import Supervisor
+from aiplane.runtime.model_route import model_route
 
 
 class LocalDiscovery:
@@ -24,15 +24,7 @@ class LocalDiscovery:
     def set_models(self, models: list[tuple[Model, float]]) -> None:
         routes = {}
         for model, created in models:
-            routes[model.served_name] = ModelRoute(
-                served_name=model.served_name,
-                owner=model.name,
-                endpoints=self._engines.get(model.spec.engine).endpoints,
-                router=router_for(model.spec.routing.strategy),
-                cold_start_timeout=parse_duration(model.spec.timeouts.cold_start),
-                request_timeout=parse_duration(model.spec.timeouts.request),
-                created=created,
-            )
+            routes[model.served_name] = model_route(model, model.name, created, self._engines)
         self._routes = routes
 
     def models(self) -> list[ModelRoute]:
