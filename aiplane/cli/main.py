@@ -247,6 +247,21 @@ def gateway(
 
 
 @app.command()
+def scheduler(
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="kubeconfig (default: in-cluster, then KUBECONFIG)")
+    ] = None,
+    health_address: Annotated[
+        str | None, typer.Option(help="serve /healthz and /metrics here, e.g. 0.0.0.0:8080")
+    ] = None,
+) -> None:
+    """Run the aiplane scheduler: gang placement of pods with schedulerName aiplane."""
+    from aiplane.runtime.kubernetes.scheduler import run_scheduler
+
+    run_scheduler(str(kubeconfig) if kubeconfig else None, health_address)
+
+
+@app.command()
 def version() -> None:
     """Print the aiplane version."""
     console.print(f"aiplane {__version__}")

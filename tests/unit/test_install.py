@@ -102,6 +102,7 @@ def test_each_component_gets_what_it_does() -> None:
     assert allowed(scheduler, "", "pods/binding") == {"create"}
     assert allowed(scheduler, "", "pods") == READ | {"patch"}
     assert allowed(scheduler, "", "nodes") == READ
+    assert allowed(scheduler, "batch", "jobs") == READ
     assert allowed(scheduler, "aiplane.dev", "queues") == READ
     assert allowed(scheduler, "apps", "deployments") == set()
 

@@ -157,6 +157,7 @@ def _rules() -> dict[str, list[Manifest]]:
             _rule("", ["pods/binding"], ["create"]),
             _rule("", ["pods/status"], ["patch", "update"]),
             _rule("", ["nodes"], READ),
+            _rule("batch", ["jobs"], READ),  # a gang's size is its Job's parallelism
             _rule(GROUP, ["queues"], READ),
             *EVENTS,
         ],

@@ -4,7 +4,8 @@ Shards are independent, so each index retries on its own (``backoffLimitPerIndex
 one bad shard neither restarts the others nor stops the job early, and the shards that
 finished stay finished (the runner writes each shard's output atomically). The Job is
 queued like a TrainingJob (``suspend``, ``schedulerName: aiplane``, the queue label)
-but has no gang: any number of its pods may run.
+but has no gang: any number of its pods may run (``aiplane.dev/gang-size: 1`` tells the
+scheduler to place each shard on its own).
 
 The shard runner reads its work from the environment:
 ``AIPLANE_SHARD`` (the completion index), ``AIPLANE_SHARDS``, ``AIPLANE_TASK``,
@@ -19,6 +20,7 @@ from __future__ import annotations
 from aiplane.api import BatchJob
 from aiplane.runtime.kubernetes.constants import (
     AIPLANE_UID,
+    ANNOTATION_GANG_SIZE,
     ANNOTATION_PRIORITY,
     COMPLETION_INDEX_ANNOTATION,
     LABEL_JOB,
@@ -148,7 +150,7 @@ def lower_batch_job(
                     "metadata": {
                         "labels": job_labels,
                         "annotations": user_pod_annotations(job)
-                        | {ANNOTATION_PRIORITY: str(spec.priority)}
+                        | {ANNOTATION_PRIORITY: str(spec.priority), ANNOTATION_GANG_SIZE: "1"}
                         | gpu.annotations,
                     },
                     "spec": pod,

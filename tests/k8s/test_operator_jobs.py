@@ -1,0 +1,207 @@
+"""The operator on a real control plane: TrainingJobs, BatchJobs and queue admission.
+
+Job pods use ``schedulerName: aiplane``, so the real aiplane scheduler runs beside the
+operator; KWOK completes pods after the delay in their ``aiplane.dev/kwok-complete-after``
+annotation, which the jobs pass on from their own metadata.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.k8s.conftest import K8sCluster
+from tests.k8s.operator_fixture import Operator, apply_yaml, install_crds, kubectl_json, wait_for
+
+pytestmark = pytest.mark.k8s
+
+
+def training_yaml(name: str, *, workers: int = 3, gpus: int = 0, queue: str = "default",
+                  schedule: str | None = None, complete_after: str = "2s") -> str:  # fmt: skip
+    sched = f"\n  schedule: '{schedule}'" if schedule else ""
+    return f"""\
+apiVersion: aiplane.dev/v1alpha1
+kind: TrainingJob
+metadata:
+  name: {name}
+  annotations: {{aiplane.dev/kwok-complete-after: {complete_after}}}
+spec:
+  image: pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+  command: [torchrun, train.py]
+  workers: {workers}
+  gpusPerWorker: {gpus}
+  gpuModel: H100
+  queue: {queue}{sched}
+"""
+
+
+@pytest.fixture(scope="module")
+def platform(k8s_cluster: K8sCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """The operator and the aiplane scheduler, as the install runs them."""
+    install_crds(k8s_cluster)
+    logs = tmp_path_factory.mktemp("platform")
+    op = Operator(k8s_cluster, logs).start()
+    with (logs / "scheduler.log").open("wb") as out:
+        scheduler = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "aiplane.cli.main",
+                "scheduler",
+                "--kubeconfig",
+                str(k8s_cluster.kubeconfig),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    yield op
+    scheduler.terminate()
+    scheduler.wait(timeout=20)
+    op.stop()
+
+
+def condition(obj: dict[str, Any], type_: str) -> str | None:
+    return next(
+        (c["status"] for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), None
+    )
+
+
+def test_training_job_lowers_runs_and_succeeds(
+    k8s_cluster: K8sCluster, k8s_namespace: str, platform: Operator
+) -> None:
+    ns = k8s_namespace
+    assert apply_yaml(k8s_cluster, training_yaml("ft", workers=3), ns).returncode == 0
+
+    job = wait_for(lambda: kubectl_json(k8s_cluster, "get", "job", "ft", "-n", ns), 30, "the Indexed Job")
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
+    svc = kubectl_json(k8s_cluster, "get", "service", job["spec"]["template"]["spec"]["subdomain"], "-n", ns)
+    assert svc["spec"]["clusterIP"] == "None"
+
+    def pods() -> list[dict[str, Any]]:
+        got = kubectl_json(k8s_cluster, "get", "pods", "-n", ns, "-l", "batch.kubernetes.io/job-name=ft")
+        return got["items"] if got and len(got["items"]) == 3 else []
+
+    workers = wait_for(pods, 30, "3 worker pods")
+    indexes = set()
+    for pod in workers:
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env["WORLD_SIZE"]["value"] == "3" and env["NNODES"]["value"] == "3"
+        assert env["MASTER_ADDR"]["value"] == f"ft-0.{svc['metadata']['name']}.{ns}.svc"
+        assert env["MASTER_PORT"]["value"] == "29500"
+        field = env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+        assert field == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        indexes.add(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
+        assert pod["spec"]["schedulerName"] == "aiplane"
+    assert indexes == {"0", "1", "2"}
+
+    def succeeded() -> dict[str, Any] | None:
+        tj = kubectl_json(k8s_cluster, "get", "trainingjob", "ft", "-n", ns)
+        return tj if condition(tj, "Succeeded") == "True" else None
+
+    tj = wait_for(succeeded, 60, "TrainingJob Succeeded")
+    assert condition(tj, "Admitted") == "True" and condition(tj, "Failed") == "False"
+    assert tj["status"]["succeeded"] == 3 and tj["status"]["phase"] == "Succeeded"
+    assert tj["status"]["observedGeneration"] == tj["metadata"]["generation"]
+
+
+def test_scheduled_training_job_yields_a_cronjob(
+    k8s_cluster: K8sCluster, k8s_namespace: str, platform: Operator
+) -> None:
+    ns = k8s_namespace
+    assert apply_yaml(k8s_cluster, training_yaml("nightly", schedule="0 3 * * *"), ns).returncode == 0
+    cron = wait_for(
+        lambda: kubectl_json(k8s_cluster, "get", "cronjob", "nightly", "-n", ns), 30, "the CronJob"
+    )
+    assert cron["spec"]["schedule"] == "0 3 * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    template = cron["spec"]["jobTemplate"]["spec"]
+    assert template["completionMode"] == "Indexed" and template["completions"] == 3
+    assert kubectl_json(k8s_cluster, "get", "job", "nightly", "-n", ns) is None
+
+
+def test_queue_admits_within_quota_and_holds_the_rest(
+    k8s_cluster: K8sCluster, k8s_namespace: str, platform: Operator, tmp_path: Path
+) -> None:
+    ns = k8s_namespace
+    queue = f"q-{ns}"
+    queue_yaml = f"""\
+apiVersion: aiplane.dev/v1alpha1
+kind: Queue
+metadata: {{name: {queue}}}
+spec: {{quota: {{H100: 16}}}}
+"""
+    assert apply_yaml(k8s_cluster, queue_yaml).returncode == 0
+    try:
+        first = training_yaml("first", workers=2, gpus=8, queue=queue, complete_after="4s")
+        assert apply_yaml(k8s_cluster, first, ns).returncode == 0
+
+        def admitted(name: str) -> bool:
+            return (
+                condition(kubectl_json(k8s_cluster, "get", "trainingjob", name, "-n", ns), "Admitted")
+                == "True"
+            )
+
+        wait_for(lambda: admitted("first"), 30, "first admitted")
+        second = training_yaml("second", workers=2, gpus=8, queue=queue, complete_after="2s")
+        assert apply_yaml(k8s_cluster, second, ns).returncode == 0
+
+        def pending() -> dict[str, Any] | None:
+            tj = kubectl_json(k8s_cluster, "get", "trainingjob", "second", "-n", ns)
+            return tj if condition(tj, "Admitted") == "False" else None
+
+        held = wait_for(pending, 30, "second held by the quota")
+        message = next(c["message"] for c in held["status"]["conditions"] if c["type"] == "Admitted")
+        assert "needs 16 H100 GPUs, 0 of 16 free" in message
+        assert kubectl_json(k8s_cluster, "get", "job", "second", "-n", ns)["spec"]["suspend"] is True
+
+        # When the first finishes, its quota frees and the second is admitted and runs.
+        def done(name: str) -> bool:
+            return (
+                condition(kubectl_json(k8s_cluster, "get", "trainingjob", name, "-n", ns), "Succeeded")
+                == "True"
+            )
+
+        wait_for(lambda: done("first"), 60, "first Succeeded")
+        wait_for(lambda: done("second"), 60, "second admitted and Succeeded")
+    finally:
+        k8s_cluster.kubectl("delete", "queue", queue)
+
+
+def test_batch_job_runs_one_shard_per_index(
+    k8s_cluster: K8sCluster, k8s_namespace: str, platform: Operator
+) -> None:
+    ns = k8s_namespace
+    text = """\
+apiVersion: aiplane.dev/v1alpha1
+kind: BatchJob
+metadata:
+  name: embed
+  annotations: {aiplane.dev/kwok-complete-after: 1s}
+spec:
+  task: custom
+  image: python:3.11-slim
+  command: [python, shard.py]
+  input: /data/in.jsonl
+  output: /data/out/
+  shards: 4
+  parallelism: 2
+"""
+    assert apply_yaml(k8s_cluster, text, ns).returncode == 0
+    job = wait_for(lambda: kubectl_json(k8s_cluster, "get", "job", "embed", "-n", ns), 30, "the Indexed Job")
+    assert job["spec"]["completions"] == 4 and job["spec"]["parallelism"] == 2
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AIPLANE_SHARDS"]["value"] == "4"
+    assert "job-completion-index" in env["AIPLANE_SHARD"]["valueFrom"]["fieldRef"]["fieldPath"]
+
+    def finished() -> dict[str, Any] | None:
+        bj = kubectl_json(k8s_cluster, "get", "batchjob", "embed", "-n", ns)
+        return bj if condition(bj, "Succeeded") == "True" else None
+
+    bj = wait_for(finished, 60, "BatchJob Succeeded")
+    assert bj["status"]["succeeded"] == 4
