@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -92,9 +93,22 @@ class Plane:
         raise TimeoutError(f"{model}: wanted {count} {state}, have {self.replicas(model)}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Stop the plane; if it hangs, kill it and its replicas so no test leaks processes."""
         assert self.proc is not None
         self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pids = [r.pid for r in self.replicas() if r.pid]
+            self.proc.kill()
+            self.proc.wait()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            raise AssertionError(f"plane ignored signal {sig} for {timeout}s: {self.log_text()}") from None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log else ""
 
 
 def assert_gone(pids: list[int], timeout: float = 10) -> None:

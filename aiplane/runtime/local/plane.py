@@ -28,6 +28,7 @@ from aiplane.runtime.local.process import alive
 from aiplane.runtime.local.store import Store
 
 log = logging.getLogger(__name__)
+SHUTDOWN_GRACE = 5.0
 
 
 @dataclass
@@ -67,7 +68,10 @@ async def serve(options: PlaneOptions, stop: asyncio.Event | None = None) -> Non
         store, default_registry(), load, discover(), logs_dir(options.home), options.host, options.on_event
     )
     gateway = Gateway(controller.discovery, load=load, config=GatewayConfig(api_keys=options.api_keys))
-    runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
+    # Held or streaming requests get SHUTDOWN_GRACE to finish; then the plane stops anyway.
+    runner = web.AppRunner(
+        gateway.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
+    )
     async with controller.supervisor:
         await controller.adopt_or_replace()
         await runner.setup()
