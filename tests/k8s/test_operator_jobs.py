@@ -204,4 +204,6 @@ spec:
         return bj if condition(bj, "Succeeded") == "True" else None
 
     bj = wait_for(finished, 60, "BatchJob Succeeded")
-    assert bj["status"]["succeeded"] == 4
+    assert bj["status"]["succeeded"] == 4 and bj["status"]["completed"] == "4/4"
+    listed = k8s_cluster.kubectl("get", "batchjobs", "-n", ns).stdout
+    assert "COMPLETED" in listed and "4/4" in listed

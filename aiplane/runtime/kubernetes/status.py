@@ -135,6 +135,7 @@ def job_status(
     return status | {
         "phase": phase,
         "succeeded": succeeded,
+        "completed": f"{succeeded}/{completions}",  # the COMPLETED printer column
         "failed": failed,
         "active": active,
         "conditions": conds,
