@@ -32,7 +32,6 @@ import ipaddress
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -52,6 +51,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from aiplane import aio
+from aiplane.aio import install_stop_signals
 from aiplane.engines.minilm import DIMENSION, MAX_TOKENS, MiniLMEmbedder
 from aiplane.gateway.errors import GatewayError as OpenAIError
 
@@ -366,9 +367,7 @@ async def serve(config: ServerConfig, host: str, port: int) -> int:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    install_stop_signals(stop)  # the process exits after serve(): nothing to remove
     try:
         site = web.TCPSite(runner, host, port, shutdown_timeout=5)
         await site.start()
@@ -423,14 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_body_bytes=args.max_body_bytes,
         threads=args.threads,
     )
-    try:
-        import uvloop
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a core dependency off Windows
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(config, args.host, args.port))
+    return aio.run(serve(config, args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -9,13 +9,13 @@ run what the Deployment runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from aiplane import aio
+from aiplane.aio import install_stop_signals, remove_stop_signals
 from aiplane.errors import AiplaneError
 from aiplane.gateway import Gateway, GatewayConfig
 from aiplane.gateway.auth import load_keys
@@ -51,10 +51,7 @@ async def serve(
     except OSError as exc:
         raise AiplaneError(f"cannot read API keys from {exc.filename}: {exc.strerror}") from exc
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    signals = install_stop_signals(stop)
     try:
         async with Kube.connect(kubeconfig) as kube:
             discovery = KubernetesDiscovery(kube, namespace)
@@ -72,9 +69,7 @@ async def serve(
             finally:
                 await runner.cleanup()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
+        remove_stop_signals(signals)
 
 
 def run_gateway(
@@ -86,11 +81,4 @@ def run_gateway(
     ``namespace=None`` routes Models of every namespace. Raises an
     :class:`~aiplane.errors.AiplaneError` (one line for the CLI) when it cannot start.
     """
-    try:
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(host, port, kubeconfig, namespace, api_key_file))
+    aio.run(serve(host, port, kubeconfig, namespace, api_key_file))

@@ -22,10 +22,8 @@ controller recreates it and it joins its running peers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Iterable
@@ -44,6 +42,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from aiplane.aio import install_stop_signals, remove_stop_signals
 from aiplane.errors import AiplaneError, KubernetesError
 from aiplane.policies.scheduling.nodes import GangFit, Profile, place_gangs
 from aiplane.runtime.kubernetes.client import Kube
@@ -337,10 +336,7 @@ async def serve(
 ) -> None:
     """Schedule (and serve health and metrics) until ``stop`` is set or SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    signals = install_stop_signals(stop)
     try:
         async with Kube.connect(kubeconfig) as kube:
             metrics = SchedulerMetrics()
@@ -362,9 +358,7 @@ async def serve(
                 if runner is not None:
                     await runner.cleanup()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
+        remove_stop_signals(signals)
     log.info("aiplane scheduler stopped")
 
 

@@ -59,6 +59,8 @@ class LocalController:
         self._draining: dict[str, float] = {}
         self._last_reason: dict[str, str] = {}
         self._seen: dict[str, tuple[State, bool]] = {}
+        self._shares: dict[str, float] = {}
+        self._written: dict[str, tuple[object, ...]] = {}
         self.autoscaler = ConcurrencyAutoscaler()
 
     # -- events and observed state -------------------------------------------------
@@ -149,6 +151,10 @@ class LocalController:
     async def reconcile(self, now: float) -> None:
         stored = [s for s in self.store.resources("Model") if isinstance(s.resource, Model)]
         self.discovery.set_models([(s.resource, s.created) for s in stored])  # type: ignore[misc]
+        self._shares = {
+            s.resource.name: min(s.resource.spec.resources.gpus, 1.0)  # type: ignore[union-attr]
+            for s in stored
+        }
         names = set()
         for item in stored:
             assert isinstance(item.resource, Model)
@@ -157,8 +163,9 @@ class LocalController:
         for replica in list(self.supervisor.replicas.values()):
             if replica.model not in names:
                 await self.supervisor.stop(replica.id)
-        for gone in set(self._states) - names:
+        for gone in (set(self._states) | set(self._written)) - names:
             self._states.pop(gone, None)
+            self._written.pop(gone, None)
 
     async def _reconcile_model(self, model: Model, generation: int, now: float) -> None:
         mine = [r for r in self.supervisor.replicas.values() if r.model == model.name]
@@ -203,9 +210,13 @@ class LocalController:
             else:
                 self.event(model.ref, "Scale", f"{len(current)} -> {decision.replicas}: {reason}")
         self._last_reason[model.name] = reason
-        self.store.set_status(
-            ModelStatusRow(model.name, decision.replicas, ready_current, reason, asdict(new_state), now)
-        )
+        # Written when it changes, not every 250 ms tick.
+        key = (decision.replicas, ready_current, reason, new_state)
+        if self._written.get(model.name) != key:
+            self._written[model.name] = key
+            self.store.set_status(
+                ModelStatusRow(model.name, decision.replicas, ready_current, reason, asdict(new_state), now)
+            )
 
     def _load_state(self, name: str) -> AutoscalerState:
         row = self.store.statuses().get(name)
@@ -239,11 +250,8 @@ class LocalController:
         return None
 
     def _gpu_share(self, model_name: str) -> float:
-        for item in self.store.resources("Model"):
-            if item.resource.name == model_name and isinstance(item.resource, Model):
-                gpus = item.resource.spec.resources.gpus
-                return gpus if gpus < 1 else 1.0
-        return 1.0
+        """The share of each of its devices a replica of this model holds (from this tick's read)."""
+        return self._shares.get(model_name, 1.0)
 
     async def _drain(self, now: float) -> None:
         """Stop draining replicas once their in-flight requests finish (or time runs out)."""

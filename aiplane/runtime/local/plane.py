@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
+from aiplane import aio
+from aiplane.aio import install_stop_signals, remove_stop_signals
 from aiplane.api import AnyResource
 from aiplane.engines import default_registry
 from aiplane.errors import RuntimeFailure
@@ -58,10 +59,7 @@ async def serve(options: PlaneOptions, stop: asyncio.Event | None = None) -> Non
     for resource in options.resources:
         store.apply(resource)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    signals = install_stop_signals(stop)
 
     load = LoadTracker()
     controller = LocalController(
@@ -94,18 +92,9 @@ async def serve(options: PlaneOptions, stop: asyncio.Event | None = None) -> Non
                 await task
             await runner.cleanup()
             store.release_plane(os.getpid())
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(sig)
+    remove_stop_signals(signals)
 
 
 def run(options: PlaneOptions) -> None:
     """Blocking entry point; uses uvloop where it is installed."""
-    try:
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(options))
+    aio.run(serve(options))
