@@ -21,7 +21,7 @@ from aiplane.gateway.discovery import Discovery, ModelRoute, Upstream
 from aiplane.gateway.errors import GatewayError, error_response
 from aiplane.gateway.load import LoadTracker
 from aiplane.gateway.metrics import GatewayMetrics
-from aiplane.gateway.proxy import Outcome, UpstreamUnavailable, forward
+from aiplane.gateway.proxy import CLIENT_CLOSED, Outcome, UpstreamUnavailable, forward
 from aiplane.gateway.requests import InferenceRequest, parse_body
 from aiplane.policies.routing import ReplicaLoad, RouteRequest
 
@@ -84,6 +84,8 @@ class Gateway:
             if exc.status < 400:
                 raise
             return error_response(exc.status, f"{request.method} {request.path}: {exc.reason}")
+        except ConnectionResetError:  # the client left; nobody is there to read an answer
+            return web.Response(status=CLIENT_CLOSED)
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             return error_response(500, "internal gateway error; see the gateway log")
@@ -160,6 +162,9 @@ class Gateway:
             return response
         except GatewayError as exc:
             status = str(exc.status)
+            raise
+        except ConnectionResetError:
+            status = str(CLIENT_CLOSED)
             raise
         finally:
             self.metrics.requests.labels(label, endpoint, status).inc()

@@ -127,12 +127,12 @@ async def _stream(
     prepared = False
     try:
         async for chunk in upstream_resp.content.iter_any():
-            if not prepared:
-                await resp.prepare(request)
-                prepared = True
-                outcome.ttft = time.monotonic() - started
             outcome.completion_tokens += _count_stream_tokens(chunk)
             try:
+                if not prepared:
+                    await resp.prepare(request)
+                    prepared = True
+                    outcome.ttft = time.monotonic() - started
                 await resp.write(chunk)
             except ConnectionResetError:  # the client left: not the replica's fault
                 outcome.status = CLIENT_CLOSED
@@ -150,7 +150,13 @@ async def _stream(
             raise GatewayError(504, message) from exc
         await _end_with(resp, error_body(504, message))
         outcome.status, outcome.failure = 504, "timed out mid-stream"
-    if not prepared:
-        await resp.prepare(request)
-    await resp.write_eof()
+    try:
+        if not prepared:
+            await resp.prepare(request)
+        await resp.write_eof()
+    except ConnectionResetError:
+        # Every event was written; a client that hangs up on ``[DONE]`` (the openai
+        # client does) only misses the chunked terminator, so the answer stands.
+        if not prepared:
+            outcome.status = CLIENT_CLOSED
     return resp, outcome

@@ -4,7 +4,8 @@ It answers ``/v1/chat/completions`` the way llama.cpp and vLLM do: JSON with ``u
 or an SSE stream of chunks with small sleeps between them. ``mode`` makes it misbehave:
 ``drop`` closes the connection after the first chunk, ``slow`` waits ``chunk_delay``
 before answering, ``detail422`` answers FastAPI's ``{"detail": ...}``, ``openai-error``
-an OpenAI-shaped 400.
+an OpenAI-shaped 400, ``linger`` holds the connection open for ``chunk_delay`` after
+``[DONE]`` (a client may leave before the stream's last empty chunk).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from aiplane.gateway.discovery import Upstream
 
-Mode = Literal["ok", "drop", "slow", "detail422", "openai-error"]
+Mode = Literal["ok", "drop", "slow", "detail422", "openai-error", "linger"]
 PROMPT_TOKENS, COMPLETION_TOKENS = 7, 3
 DETAIL = [{"loc": ["body", "temperature"], "msg": "Input should be less than or equal to 2"}]
 OPENAI_ERROR = {"error": {"message": "bad n", "type": "invalid_request_error", "param": "n", "code": None}}
@@ -97,5 +98,7 @@ class FakeOpenAI:
         await asyncio.sleep(self.chunk_delay)
         await resp.write(sse("[DONE]"))
         self.stream_finished.set()
+        if self.mode == "linger":
+            await asyncio.sleep(self.chunk_delay)
         await resp.write_eof()
         return resp

@@ -373,6 +373,28 @@ async def test_client_hanging_up_mid_stream_is_499_and_not_the_replicas_fault(
         assert not fake.stream_finished.is_set(), "the upstream kept generating for nobody"
 
 
+async def test_client_leaving_after_done_is_a_complete_answer_not_a_gateway_error(
+    upstream: StartUpstream,
+) -> None:
+    """The openai client hangs up on ``[DONE]``; the stream's end then finds a closed socket."""
+    _, up = await upstream("r-0", mode="linger", chunk_delay=0.2)
+    discovery = InMemoryDiscovery.of(route("m"), upstreams={"m": [up]})
+    async with gateway(discovery) as (client, gw):
+        resp = await client.post(CHAT, json={**HELLO, "stream": True})
+        seen = b""
+        while b"[DONE]" not in seen:
+            seen += await asyncio.wait_for(resp.content.readany(), timeout=5)
+        resp.close()
+        await asyncio.sleep(0.5)  # the upstream ends its response; the gateway ends its own
+
+        def count(status: str) -> float | None:
+            labels = {"model": "m", "endpoint": CHAT, "status": status}
+            return gw.metrics.registry.get_sample_value("aiplane_gateway_requests_total", labels)
+
+        assert (count("200"), count("500"), count("499")) == (1.0, None, None)
+        assert gw.load.per_replica == {}
+
+
 async def test_upstream_slower_than_request_timeout_is_504(upstream: StartUpstream) -> None:
     _, up = await upstream("r-0", mode="slow", chunk_delay=0.5)
     async with gateway(InMemoryDiscovery.of(route("m", request_timeout=0.2), upstreams={"m": [up]})) as (
