@@ -12,13 +12,22 @@ T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def install_stop_signals(stop: asyncio.Event) -> list[int]:
-    """Make SIGTERM and SIGINT set ``stop``; returns the signals to remove afterwards."""
+def install_stop_signals(stop: asyncio.Event, on_repeat: Callable[[], None] | None = None) -> list[int]:
+    """Make SIGTERM and SIGINT set ``stop``, and a repeat call ``on_repeat`` (stop now).
+
+    Returns the signals to remove afterwards.
+    """
     loop = asyncio.get_running_loop()
+
+    def handler() -> None:
+        if stop.is_set() and on_repeat is not None:
+            on_repeat()
+        stop.set()
+
     installed: list[int] = []
     for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
             installed.append(sig)
     return installed
 

@@ -108,7 +108,7 @@ class Plane:
             raise AssertionError(f"plane ignored signal {sig} for {timeout}s: {self.log_text()}") from None
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log else ""
+        return self.log.read_text(errors="replace")[-12000:] if self.log else ""
 
 
 def assert_gone(pids: list[int], timeout: float = 10) -> None:

@@ -133,7 +133,8 @@ class KubernetesDiscovery:
                 if remaining <= 0 or self.lookup(served_name) is None:  # a deleted Model stops the wait
                     return []
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, WAIT_SLICE_S))
+                    async with asyncio.timeout(min(remaining, WAIT_SLICE_S)):
+                        await self._changed.wait()
             return ready
         finally:
             self._waiting[served_name] -= 1
@@ -209,7 +210,8 @@ class KubernetesDiscovery:
         if self._task is not None:
             return
         try:
-            await asyncio.wait_for(self.refresh(), REFRESH_TIMEOUT_S)
+            async with asyncio.timeout(REFRESH_TIMEOUT_S):
+                await self.refresh()
         except TimeoutError:
             raise KubernetesError(f"listing Models took over {REFRESH_TIMEOUT_S:g}s") from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -236,7 +238,8 @@ class KubernetesDiscovery:
         while True:
             delay = self._interval
             try:
-                await asyncio.wait_for(self.refresh(), REFRESH_TIMEOUT_S)
+                async with asyncio.timeout(REFRESH_TIMEOUT_S):
+                    await self.refresh()
             except Exception as exc:  # the poller must outlive any one failed refresh
                 failures += 1
                 delay = min(self._interval * 2 ** min(failures, 8), MAX_BACKOFF_S)

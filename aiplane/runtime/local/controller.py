@@ -145,7 +145,8 @@ class LocalController:
             except Exception:  # keep the loop alive; the failure is logged and evented
                 log.exception("reconcile failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.discovery.demand.wait(), timeout=self.tick_seconds)
+                async with asyncio.timeout(self.tick_seconds):
+                    await self.discovery.demand.wait()
             self.discovery.demand.clear()
 
     async def reconcile(self, now: float) -> None:

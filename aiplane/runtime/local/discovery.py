@@ -51,7 +51,8 @@ class LocalDiscovery:
             if remaining <= 0:
                 return []
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 1.0))
+                async with asyncio.timeout(min(remaining, 1.0)):
+                    await self._changed.wait()
         return ready
 
     def report_failure(self, upstream: Upstream, error: str) -> None:

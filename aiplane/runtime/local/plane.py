@@ -7,7 +7,6 @@ instead of fighting the first over the same replicas.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -26,10 +25,15 @@ from aiplane.runtime.local.controller import EventSink, LocalController
 from aiplane.runtime.local.gpus import discover
 from aiplane.runtime.local.paths import db_path, logs_dir
 from aiplane.runtime.local.process import alive
+from aiplane.runtime.local.shutdown import Watchdog
 from aiplane.runtime.local.store import Store
 
 log = logging.getLogger(__name__)
-SHUTDOWN_GRACE = 5.0
+SHUTDOWN_GRACE = 5.0  # held and streaming requests get this long to finish
+CONTROLLER_STOP_TIMEOUT = 5.0
+# Past this, the watchdog kills the replicas and exits. The graceful phases fit well
+# inside it: about a second when nothing hangs.
+HARD_STOP_AFTER = 25.0
 
 
 @dataclass
@@ -59,12 +63,12 @@ async def serve(options: PlaneOptions, stop: asyncio.Event | None = None) -> Non
     for resource in options.resources:
         store.apply(resource)
     stop = stop or asyncio.Event()
-    signals = install_stop_signals(stop)
-
     load = LoadTracker()
     controller = LocalController(
         store, default_registry(), load, discover(), logs_dir(options.home), options.host, options.on_event
     )
+    watchdog = Watchdog(controller.supervisor.pids, HARD_STOP_AFTER)
+    signals = install_stop_signals(stop, on_repeat=watchdog.fire)
     gateway = Gateway(controller.discovery, load=load, config=GatewayConfig(api_keys=options.api_keys))
     # Held or streaming requests get SHUTDOWN_GRACE to finish; then the plane stops anyway.
     runner = web.AppRunner(
@@ -87,11 +91,17 @@ async def serve(options: PlaneOptions, stop: asyncio.Event | None = None) -> Non
         try:
             await stop.wait()
         finally:
+            watchdog.arm()
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await runner.cleanup()
+            if (await asyncio.wait({task}, timeout=CONTROLLER_STOP_TIMEOUT))[1]:
+                log.warning("the controller did not stop within %gs", CONTROLLER_STOP_TIMEOUT)
+            try:
+                async with asyncio.timeout(2 * SHUTDOWN_GRACE + 1):  # aiohttp: drain, then cancel
+                    await runner.cleanup()
+            except TimeoutError:
+                log.warning("the gateway did not shut down within %gs", 2 * SHUTDOWN_GRACE + 1)
             store.release_plane(os.getpid())
+    watchdog.disarm()
     remove_stop_signals(signals)
 
 

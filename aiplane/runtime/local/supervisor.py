@@ -31,6 +31,7 @@ BACKOFF_CAP = 60.0
 CRASH_LOOP_AFTER = 3  # restarts without a stable run
 STABLE_AFTER = 60.0  # a run this long resets the backoff
 READY_TIMEOUT = 600.0
+TASK_STOP_TIMEOUT = 10.0  # a replica task gets this long to unwind before its process is killed anyway
 
 
 class State(StrEnum):
@@ -60,6 +61,7 @@ class Replica:
     message: str = ""
     adopted: bool = False
     suspect: bool = False  # the gateway saw a failure; unroutable until it probes ready
+    stopping: bool = False  # set before the task is cancelled: never (re)start it again
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -80,12 +82,15 @@ class Supervisor:
         self._on_change = on_change
         self._session: aiohttp.ClientSession | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._stopping: dict[str, Replica] = {}  # popped from replicas, process not yet gone
 
     async def __aenter__(self) -> Supervisor:
         self._session = aiohttp.ClientSession()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closing = True  # a controller that outlived its cancel cannot start more
         await self.stop_all()
         if self._session:
             await self._session.close()
@@ -100,26 +105,46 @@ class Supervisor:
         self._on_change(replica)
 
     def start(self, replica: Replica) -> None:
+        if self._closing:
+            return
         self.replicas[replica.id] = replica
         replica.task = asyncio.create_task(self._run(replica), name=f"replica-{replica.id}")
 
     def adopt(self, replica: Replica) -> None:
         """Take over a live, ready process a previous plane started."""
+        if self._closing:
+            return
         replica.adopted = True
         self.replicas[replica.id] = replica
         replica.task = asyncio.create_task(self._watch_adopted(replica), name=f"adopt-{replica.id}")
 
     async def stop(self, replica_id: str) -> None:
+        """Stop a replica's task and its process group; bounded even if the task misbehaves."""
         replica = self.replicas.pop(replica_id, None)
         if replica is None:
             return
-        if replica.task:
-            replica.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await replica.task
-        if replica.pid and alive(replica.pid):
-            await kill_group(replica.pid)
+        replica.stopping = True
+        self._stopping[replica.id] = replica
+        try:
+            if replica.task:
+                replica.task.cancel()
+                # asyncio.wait neither raises nor passes our own cancellation into the task.
+                _, pending = await asyncio.wait({replica.task}, timeout=TASK_STOP_TIMEOUT)
+                if pending:
+                    log.warning("replica %s: task did not stop in %gs", replica.id, TASK_STOP_TIMEOUT)
+            if replica.pid and alive(replica.pid):
+                await kill_group(replica.pid)
+        finally:
+            self._stopping.pop(replica.id, None)
         self._set(replica, State.STOPPED, "stopped")
+
+    def pids(self) -> list[int]:
+        """Process groups of every replica not yet known gone: what a hard stop must kill.
+
+        Read from the watchdog's thread, hence the copies.
+        """
+        replicas = [*list(self.replicas.values()), *list(self._stopping.values())]
+        return [r.pid for r in replicas if r.pid]
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(rid) for rid in list(self.replicas)))
@@ -171,7 +196,8 @@ class Supervisor:
             if await self._probe(replica):
                 return True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await asyncio.shield(proc.wait())
             delay = min(delay * 1.5, 0.5)
         return False
 
@@ -179,7 +205,7 @@ class Supervisor:
         backoff = BACKOFF_START
         failures = 0
         try:
-            while True:
+            while not replica.stopping:
                 self._set(replica, State.STARTING, "launching")
                 proc = await self._spawn(replica)
                 self._on_change(replica)
@@ -215,6 +241,8 @@ class Supervisor:
         self._set(replica, State.READY, "adopted from a previous plane")
         while replica.pid and alive(replica.pid):
             await asyncio.sleep(0.2)
+        if replica.stopping:
+            return
         replica.adopted = False
         replica.restarts += 1
         self._set(replica, State.BACKOFF, "adopted process exited; restarting")
