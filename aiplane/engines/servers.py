@@ -2,7 +2,9 @@
 
 Each runs locally when its package or launcher is installed on this machine (a GPU
 box), and in containers from its upstream image. Flags follow each project's docs:
-vLLM ``vllm serve`` (OpenAI server on 8000, ``/health``, ``/metrics``); TGI
+vLLM ``vllm serve`` (OpenAI server on 8000, ``/health``, ``/metrics``; the image's
+entrypoint is ``vllm serve``, which takes the model as its positional argument and
+deprecates ``--model``); TGI
 ``text-generation-launcher`` (``MODEL_ID``, ``PORT``; ``/health``, ``/metrics``);
 SGLang ``python -m sglang.launch_server`` (port 30000, ``--enable-metrics``).
 """
@@ -45,10 +47,9 @@ class VLLM:
     endpoints: frozenset[str] = CHAT | frozenset({"/v1/embeddings"})
     image: str = "vllm/vllm-openai:v0.11.0"
 
-    def _args(self, model: Model, model_path: str, host: str, port: int) -> list[str]:
+    def _args(self, model: Model, host: str, port: int) -> list[str]:
         ctx = ["--max-model-len", str(model.spec.context_length)] if model.spec.context_length else []
         return [
-            "--model", model_path,
             "--served-model-name", model.served_name,
             "--host", host,
             "--port", str(port),
@@ -59,9 +60,9 @@ class VLLM:
 
     def local(self, model: Model, model_path: str, host: str, port: int) -> LocalLaunch:
         _need_module("vllm", self.name)
-        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path]
         return LocalLaunch(
-            argv=argv + self._args(model, model_path, host, port),
+            argv=argv + self._args(model, host, port),
             env=dict(model.spec.env),
             probes=Probes("/health", "/health", "/metrics"),
         )
@@ -69,7 +70,7 @@ class VLLM:
     def container(self, model: Model, model_path: str) -> ContainerLaunch:
         return ContainerLaunch(
             image=model.spec.image or self.image,
-            args=self._args(model, model_path, "0.0.0.0", 8000),
+            args=[model_path, *self._args(model, "0.0.0.0", 8000)],  # after ENTRYPOINT vllm serve
             port=8000,
             probes=Probes("/health", "/health", "/metrics"),
             env=dict(model.spec.env),

@@ -114,7 +114,8 @@ def test_vllm_container() -> None:
     launch = default_registry().get("vllm").container(model("llama").engine("vllm").build(), "/models/llama")
     assert launch.image.startswith("vllm/vllm-openai:")
     assert launch.port == 8000
-    assert flag(launch.args, "--model") == "/models/llama"
+    assert launch.args[0] == "/models/llama"  # positional, after the image's `vllm serve`
+    assert "--model" not in launch.args  # deprecated by `vllm serve`
     assert flag(launch.args, "--port") == "8000"
     assert flag(launch.args, "--host") == "0.0.0.0"
     assert flag(launch.args, "--served-model-name") == "llama"

@@ -118,7 +118,7 @@ def test_h100_model_lowers_to_pvc_service_deployment_pdb(h100: Model) -> None:
 
     (server,) = pod["containers"]
     assert server["image"] == "vllm/vllm-openai:v0.11.0"
-    assert server["args"][:2] == ["--model", "/models/meta-llama/Meta-Llama-3-8B-Instruct"]
+    assert server["args"][:2] == ["/models/meta-llama/Meta-Llama-3-8B-Instruct", "--served-model-name"]
     assert server["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     assert server["resources"] == {
         "requests": {"cpu": "8", "memory": "32Gi"},
@@ -241,7 +241,7 @@ def test_without_preload_the_engine_fetches_hf_into_the_cache() -> None:
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
     assert "initContainers" not in pod
     server = pod["containers"][0]
-    assert server["args"][:2] == ["--model", "org/repo"]
+    assert server["args"][0] == "org/repo"
     assert env_of(server)["HF_HOME"] == "/models/.hf"
     assert server["volumeMounts"] == [{"name": "model-cache", "mountPath": "/models"}]
     svc = kinds["Service"]["metadata"]
