@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,50 @@ spec: {{quota: {{H100: 16}}}}
 
         wait_for(lambda: done("first"), 60, "first Succeeded")
         wait_for(lambda: done("second"), 60, "second admitted and Succeeded")
+    finally:
+        k8s_cluster.kubectl("delete", "queue", queue)
+
+
+def test_jobs_arriving_together_never_overcommit_the_queue(
+    k8s_cluster: K8sCluster, k8s_namespace: str, platform: Operator
+) -> None:
+    """Three 16-GPU jobs applied at once into a 16-GPU queue: one at a time, all finish."""
+    ns = k8s_namespace
+    queue = f"q-{ns}"
+    queue_yaml = f"""\
+apiVersion: aiplane.dev/v1alpha1
+kind: Queue
+metadata: {{name: {queue}}}
+spec: {{quota: {{H100: 16}}}}
+"""
+    assert apply_yaml(k8s_cluster, queue_yaml).returncode == 0
+    names = ["rush-a", "rush-b", "rush-c"]
+    try:
+        docs = "---\n".join(
+            training_yaml(n, workers=2, gpus=8, queue=queue, complete_after="3s") for n in names
+        )
+        assert apply_yaml(k8s_cluster, docs, ns).returncode == 0
+
+        def states() -> dict[str, tuple[str | None, str | None]]:
+            got = kubectl_json(k8s_cluster, "get", "trainingjobs", "-n", ns)
+            items = got["items"] if got else []
+            return {
+                tj["metadata"]["name"]: (condition(tj, "Admitted"), condition(tj, "Succeeded"))
+                for tj in items
+            }
+
+        seen_admitted: set[str] = set()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            now = states()
+            running = [n for n, (adm, done) in now.items() if adm == "True" and done != "True"]
+            assert len(running) <= 1, f"quota 16 overcommitted: {running} admitted at once ({now})"
+            seen_admitted |= {n for n, (adm, _) in now.items() if adm == "True"}
+            if len(now) == 3 and all(done == "True" for _, done in now.values()):
+                break
+            time.sleep(0.2)
+        assert seen_admitted == set(names)
+        assert all(done == "True" for _, done in states().values()), states()
     finally:
         k8s_cluster.kubectl("delete", "queue", queue)
 

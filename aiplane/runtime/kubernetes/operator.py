@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import os
 from collections.abc import Mapping
@@ -33,10 +32,6 @@ STATUS_SECONDS = 2.0
 RESYNC_SECONDS = 30.0
 
 log = logging.getLogger(__name__)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _without_times(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,8 +124,9 @@ def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
         assert isinstance(model, Model)
         deployment = await _kube(memo).get("apps/v1", "Deployment", meta["name"], meta["namespace"])
         selector = selector_string(model)
-        new = model_status(meta.get("generation", 0), deployment, selector, body.get("status") or {}, _now())
-        _patch_status(patch, body.get("status") or {}, new)
+        old = body.get("status") or {}
+        new = model_status(meta.get("generation", 0), deployment, selector, old, reconcile.utc_now())
+        _patch_status(patch, old, new)
 
     @kopf.timer(
         GROUP, VERSION, "models", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, registry=registry
@@ -177,7 +173,8 @@ async def _job_status(
     native = None if scheduled else await kube.get("batch/v1", "Job", meta["name"], meta["namespace"])
     completions = job.spec.workers if isinstance(job, TrainingJob) else job.spec.shards
     old = body.get("status") or {}
-    new = job_status(meta.get("generation", 0), native, decision, completions, old, _now(), cron=cron)
+    now = reconcile.utc_now()
+    new = job_status(meta.get("generation", 0), native, decision, completions, old, now, cron=cron)
     if new.get("phase") != old.get("phase") and new.get("phase") in ("Running", "Succeeded", "Failed"):
         kopf.info(
             body, reason=str(new["phase"]), message=f"{new.get('succeeded', 0)}/{completions} completed"

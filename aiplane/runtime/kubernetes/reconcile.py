@@ -7,6 +7,9 @@ same objects and never duplicates. The kopf handlers in ``operator.py`` only cal
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +18,7 @@ from aiplane.api import AnyResource, BatchJob, Model, Queue, TrainingJob, parse_
 from aiplane.policies.scheduling import Admit, Demand, Pending, admit
 from aiplane.runtime.kubernetes.client import Kube, Manifest
 from aiplane.runtime.kubernetes.lowering import DEFAULT_OPTIONS, LoweringOptions, OwnerRef, lower
+from aiplane.runtime.kubernetes.status import condition
 
 API = "aiplane.dev/v1alpha1"
 OWNED_KINDS = {
@@ -25,6 +29,16 @@ OWNED_KINDS = {
     "BatchJob": [("batch/v1", "Job"), ("v1", "PersistentVolumeClaim")],
 }  # fmt: skip
 LABEL_KEY = {"Model": "aiplane.dev/model", "TrainingJob": "aiplane.dev/job", "BatchJob": "aiplane.dev/job"}
+# One admission at a time per queue, from reading its usage to recording the decision
+# in the job's status: kopf runs handlers for different jobs concurrently, and two that
+# read the same free quota would both take it. One operator replica runs (the install's
+# Deployment has replicas: 1), so a process-level lock is the queue's single writer.
+_QUEUE_LOCKS: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+
+def utc_now() -> str:
+    """An RFC 3339 timestamp, as conditions and Events carry."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def from_body(body: Mapping[str, Any]) -> AnyResource:
@@ -117,7 +131,11 @@ async def queue_usage(kube: Kube, queue: str, exclude_uid: str) -> dict[str, flo
 
 
 async def admission(kube: Kube, body: Mapping[str, Any], job: TrainingJob | BatchJob) -> Admit | Pending:
-    """Admitted once stays admitted; otherwise ask the admission policy against the queue."""
+    """Admitted once stays admitted; otherwise ask the admission policy against the queue.
+
+    An admission is written to the job's status before the queue's lock is released, so
+    the next job's usage count already includes it.
+    """
     if is_admitted(body):
         return Admit(None, "admitted")
     queue = await kube.get(API, "Queue", job.spec.queue)
@@ -128,8 +146,29 @@ async def admission(kube: Kube, body: Mapping[str, Any], job: TrainingJob | Batc
         quota = parsed.spec.quota
     elif job.spec.queue == "default":
         return Admit(None, "no Queue 'default': admitted without quota")
-    used = await queue_usage(kube, job.spec.queue, body["metadata"]["uid"])
-    return admit(demand_of(job), job.spec.queue, quota, used)
+    meta = body["metadata"]
+    async with _QUEUE_LOCKS[job.spec.queue]:
+        # The handler's body may predate an admission another handler wrote: re-read it.
+        fresh = await kube.get(API, body["kind"], meta["name"], meta["namespace"])
+        if fresh is None:
+            return Pending("the job was deleted")
+        if is_admitted(fresh):
+            return Admit(None, "admitted")
+        used = await queue_usage(kube, job.spec.queue, meta["uid"])
+        decision = admit(demand_of(job), job.spec.queue, quota, used)
+        if isinstance(decision, Admit):
+            await _record_admission(kube, fresh, decision)
+    return decision
+
+
+async def _record_admission(kube: Kube, fresh: Mapping[str, Any], decision: Admit) -> None:
+    """Set the Admitted condition now; the handler's full status patch follows with the same."""
+    old = (fresh.get("status") or {}).get("conditions") or []
+    admitted = condition("Admitted", True, "QuotaReserved", decision.reason, utc_now(), old)
+    conditions = [c for c in old if c.get("type") != "Admitted"] + [admitted]
+    meta = fresh["metadata"]
+    patch = {"status": {"conditions": conditions}}
+    await kube.patch_merge(API, fresh["kind"], meta["name"], meta["namespace"], patch, sub="status")
 
 
 async def reconcile_job(
