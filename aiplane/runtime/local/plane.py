@@ -56,8 +56,14 @@ def check_single_plane(store: Store) -> None:
         )
 
 
-async def serve(options: PlaneOptions, stop: asyncio.Event | None = None) -> None:
-    """Run the plane until ``stop`` is set or SIGTERM/SIGINT arrives."""
+async def serve(
+    options: PlaneOptions, stop: asyncio.Event | None = None, watchdog: Watchdog | None = None
+) -> None:
+    """Run the plane until ``stop`` is set or SIGTERM/SIGINT arrives.
+
+    ``watchdog``, when given, is armed as the stop begins and left armed: its owner
+    disarms it once the whole process has wound down.
+    """
     store = Store(db_path(options.home))
     check_single_plane(store)
     for resource in options.resources:
@@ -67,8 +73,9 @@ async def serve(options: PlaneOptions, stop: asyncio.Event | None = None) -> Non
     controller = LocalController(
         store, default_registry(), load, discover(), logs_dir(options.home), options.host, options.on_event
     )
-    watchdog = Watchdog(controller.supervisor.pids, HARD_STOP_AFTER)
-    signals = install_stop_signals(stop, on_repeat=watchdog.fire)
+    if watchdog is not None:
+        watchdog.watch(controller.supervisor.pids)
+    signals = install_stop_signals(stop, on_repeat=watchdog.fire if watchdog else None)
     gateway = Gateway(controller.discovery, load=load, config=GatewayConfig(api_keys=options.api_keys))
     # Held or streaming requests get SHUTDOWN_GRACE to finish; then the plane stops anyway.
     runner = web.AppRunner(
@@ -91,7 +98,8 @@ async def serve(options: PlaneOptions, stop: asyncio.Event | None = None) -> Non
         try:
             await stop.wait()
         finally:
-            watchdog.arm()
+            if watchdog is not None:
+                watchdog.arm()
             task.cancel()
             if (await asyncio.wait({task}, timeout=CONTROLLER_STOP_TIMEOUT))[1]:
                 log.warning("the controller did not stop within %gs", CONTROLLER_STOP_TIMEOUT)
@@ -101,10 +109,13 @@ async def serve(options: PlaneOptions, stop: asyncio.Event | None = None) -> Non
             except TimeoutError:
                 log.warning("the gateway did not shut down within %gs", 2 * SHUTDOWN_GRACE + 1)
             store.release_plane(os.getpid())
-    watchdog.disarm()
     remove_stop_signals(signals)
 
 
 def run(options: PlaneOptions) -> None:
     """Blocking entry point; uses uvloop where it is installed."""
-    aio.run(serve(options))
+    watchdog = Watchdog(HARD_STOP_AFTER)
+    try:
+        aio.run(serve(options, watchdog=watchdog))
+    finally:
+        watchdog.disarm()  # asyncio's teardown (cancelling leftover tasks) is covered too

@@ -22,17 +22,24 @@ EXIT_HARD_STOP = 3
 
 
 class Watchdog:
-    def __init__(self, pids: Callable[[], list[int]], deadline: float) -> None:
+    """Owned by the process (``plane.run``), so it also covers asyncio's own teardown."""
+
+    def __init__(self, deadline: float, pids: Callable[[], list[int]] = list) -> None:
         self._pids = pids
         self._deadline = deadline
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: threading.Timer | None = None
 
+    def watch(self, pids: Callable[[], list[int]]) -> None:
+        """Where to find the process groups to kill (the supervisor's replicas)."""
+        self._pids = pids
+
     def arm(self) -> None:
         """Start the countdown; idempotent, so every stop path can call it."""
         if self._timer is None:
             self._loop = asyncio.get_running_loop()
-            self._timer = threading.Timer(self._deadline, self.fire, args=(f"took over {self._deadline:g}s",))
+            why = f"shutdown took over {self._deadline:g}s"
+            self._timer = threading.Timer(self._deadline, self.fire, args=(why,))
             self._timer.daemon = True
             self._timer.start()
 
@@ -40,10 +47,10 @@ class Watchdog:
         if self._timer is not None:
             self._timer.cancel()
 
-    def fire(self, why: str = "a second stop signal") -> None:
+    def fire(self, why: str = "a second stop signal during shutdown") -> None:
         """Dump stacks, kill every replica's group, and leave without unwinding."""
         err = sys.stderr
-        err.write(f"aiplane: shutdown {why}; killing replicas and exiting\n")
+        err.write(f"aiplane: {why}; killing replicas and exiting\n")
         with contextlib.suppress(Exception):  # diagnostics must never block the exit
             faulthandler.dump_traceback(file=err, all_threads=True)
             if self._loop is not None:
