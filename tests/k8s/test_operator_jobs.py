@@ -126,18 +126,24 @@ def test_scheduled_training_job_yields_a_cronjob(
     assert kubectl_json(k8s_cluster, "get", "job", "nightly", "-n", ns) is None
 
 
+def h100_queue(cluster: K8sCluster, ns: str, gpus: int) -> str:
+    """A cluster-scoped Queue named after the test's namespace, with an H100 quota."""
+    name = f"q-{ns}"
+    queue_yaml = f"""\
+apiVersion: aiplane.dev/v1alpha1
+kind: Queue
+metadata: {{name: {name}}}
+spec: {{quota: {{H100: {gpus}}}}}
+"""
+    assert apply_yaml(cluster, queue_yaml).returncode == 0
+    return name
+
+
 def test_queue_admits_within_quota_and_holds_the_rest(
     k8s_cluster: K8sCluster, k8s_namespace: str, platform: Operator, tmp_path: Path
 ) -> None:
     ns = k8s_namespace
-    queue = f"q-{ns}"
-    queue_yaml = f"""\
-apiVersion: aiplane.dev/v1alpha1
-kind: Queue
-metadata: {{name: {queue}}}
-spec: {{quota: {{H100: 16}}}}
-"""
-    assert apply_yaml(k8s_cluster, queue_yaml).returncode == 0
+    queue = h100_queue(k8s_cluster, ns, 16)
     try:
         first = training_yaml("first", workers=2, gpus=8, queue=queue, complete_after="4s")
         assert apply_yaml(k8s_cluster, first, ns).returncode == 0
@@ -171,7 +177,7 @@ spec: {{quota: {{H100: 16}}}}
         wait_for(lambda: done("first"), 60, "first Succeeded")
         wait_for(lambda: done("second"), 60, "second admitted and Succeeded")
     finally:
-        k8s_cluster.kubectl("delete", "queue", queue)
+        k8s_cluster.kubectl("delete", "queue", queue)  # cluster-scoped: the namespace does not own it
 
 
 def test_jobs_arriving_together_never_overcommit_the_queue(
@@ -179,14 +185,7 @@ def test_jobs_arriving_together_never_overcommit_the_queue(
 ) -> None:
     """Three 16-GPU jobs applied at once into a 16-GPU queue: one at a time, all finish."""
     ns = k8s_namespace
-    queue = f"q-{ns}"
-    queue_yaml = f"""\
-apiVersion: aiplane.dev/v1alpha1
-kind: Queue
-metadata: {{name: {queue}}}
-spec: {{quota: {{H100: 16}}}}
-"""
-    assert apply_yaml(k8s_cluster, queue_yaml).returncode == 0
+    queue = h100_queue(k8s_cluster, ns, 16)
     names = ["rush-a", "rush-b", "rush-c"]
     try:
         docs = "---\n".join(
@@ -215,7 +214,7 @@ spec: {{quota: {{H100: 16}}}}
         assert seen_admitted == set(names)
         assert all(done == "True" for _, done in states().values()), states()
     finally:
-        k8s_cluster.kubectl("delete", "queue", queue)
+        k8s_cluster.kubectl("delete", "queue", queue)  # cluster-scoped: the namespace does not own it
 
 
 def test_batch_job_runs_one_shard_per_index(
