@@ -1,6 +1,6 @@
 """Process-level helpers: free ports, probes, liveness and group kills.
 
-Replicas run in their own session (process group), so a kill reaches the engine and
+Replicas run in their own process group, so a kill reaches the engine and
 anything it forked, and a plane that dies abruptly leaves them to be adopted.
 """
 

@@ -39,7 +39,7 @@ class Watchdog:
         if self._timer is None:
             self._loop = asyncio.get_running_loop()
             why = f"shutdown took over {self._deadline:g}s"
-            self._timer = threading.Timer(self._deadline, self.fire, args=(why,))
+            self._timer = threading.Timer(self._deadline, self.fire, args=(why, True))
             self._timer.daemon = True
             self._timer.start()
 
@@ -47,15 +47,16 @@ class Watchdog:
         if self._timer is not None:
             self._timer.cancel()
 
-    def fire(self, why: str = "a second stop signal during shutdown") -> None:
-        """Dump stacks, kill every replica's group, and leave without unwinding."""
+    def fire(self, why: str = "a second stop signal during shutdown", dump: bool = False) -> None:
+        """Kill every replica's group and leave without unwinding; on a hang, dump stacks first."""
         err = sys.stderr
         err.write(f"aiplane: {why}; killing replicas and exiting\n")
         with contextlib.suppress(Exception):  # diagnostics must never block the exit
-            faulthandler.dump_traceback(file=err, all_threads=True)
-            if self._loop is not None:
-                for task in list(asyncio.all_tasks(self._loop)):
-                    task.print_stack(limit=8, file=err)
+            if dump:
+                faulthandler.dump_traceback(file=err, all_threads=True)
+                if self._loop is not None:
+                    for task in list(asyncio.all_tasks(self._loop)):
+                        task.print_stack(limit=8, file=err)
         err.flush()
         for pid in self._pids():
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -31,6 +31,9 @@ BACKOFF_CAP = 60.0
 CRASH_LOOP_AFTER = 3  # restarts without a stable run
 STABLE_AFTER = 60.0  # a run this long resets the backoff
 READY_TIMEOUT = 600.0
+# Readiness is probed every 50 ms for the first seconds (a held request waits on it; a
+# loopback GET costs next to nothing), then backs off to every 0.5 s for slow loads.
+FAST_PROBE_FOR = 10.0
 TASK_STOP_TIMEOUT = 10.0  # a replica task gets this long to unwind before its process is killed anyway
 
 
@@ -109,6 +112,15 @@ class Supervisor:
             return
         self.replicas[replica.id] = replica
         replica.task = asyncio.create_task(self._run(replica), name=f"replica-{replica.id}")
+        replica.task.add_done_callback(lambda task: self._task_ended(replica, task))
+
+    def _task_ended(self, replica: Replica, task: asyncio.Task[None]) -> None:
+        """A replica task only ends by cancellation; anything else is a bug to show, not hide."""
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        log.error("replica %s: supervision failed: %r (aiplane up -v shows the traceback)", replica.id, exc)
+        log.info("replica %s: supervision failed", replica.id, exc_info=exc)
+        self._set(replica, State.CRASH_LOOP, f"supervision failed: {exc.__class__.__name__}: {exc}")
 
     def adopt(self, replica: Replica) -> None:
         """Take over a live, ready process a previous plane started."""
@@ -117,6 +129,7 @@ class Supervisor:
         replica.adopted = True
         self.replicas[replica.id] = replica
         replica.task = asyncio.create_task(self._watch_adopted(replica), name=f"adopt-{replica.id}")
+        replica.task.add_done_callback(lambda task: self._task_ended(replica, task))
 
     async def stop(self, replica_id: str) -> None:
         """Stop a replica's task and its process group; bounded even if the task misbehaves."""
@@ -182,13 +195,19 @@ class Supervisor:
                 stdout=logf,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
-                start_new_session=True,
+                # Its own process group (killpg reaches what it forks; Ctrl-C on the plane's
+                # terminal does not), but not its own session: a session is also a
+                # scheduler autogroup, and llama.cpp's spinning threads, boxed into one,
+                # took 4-7 s instead of 0.3 s for a first token on a busy 2-core machine.
+                # (uvloop takes no process_group=0; setpgrp is one syscall in the child.)
+                preexec_fn=os.setpgrp,
             )
         replica.pid, replica.started, replica.ready_at = proc.pid, time.time(), None
         return proc
 
     async def _wait_ready(self, replica: Replica, proc: asyncio.subprocess.Process) -> bool:
-        deadline = time.monotonic() + READY_TIMEOUT
+        started = time.monotonic()
+        deadline = started + READY_TIMEOUT
         delay = 0.05
         while time.monotonic() < deadline:
             if proc.returncode is not None:
@@ -198,7 +217,8 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await asyncio.shield(proc.wait())
-            delay = min(delay * 1.5, 0.5)
+            if time.monotonic() - started > FAST_PROBE_FOR:
+                delay = min(delay * 1.5, 0.5)
         return False
 
     async def _run(self, replica: Replica) -> None:
@@ -207,28 +227,28 @@ class Supervisor:
         try:
             while not replica.stopping:
                 self._set(replica, State.STARTING, "launching")
-                proc = await self._spawn(replica)
-                self._on_change(replica)
-                if await self._wait_ready(replica, proc):
-                    replica.ready_at, replica.suspect = time.time(), False
-                    self._set(replica, State.READY, "")
-                    await proc.wait()
-                elif proc.returncode is None:
-                    await kill_group(proc.pid)
-                    await proc.wait()
-                ran = time.time() - (replica.started or time.time())
-                code = proc.returncode
+                try:
+                    proc = await self._spawn(replica)
+                except OSError as exc:  # e.g. a custom engine's command that does not exist
+                    outcome, ran = f"cannot start {replica.launch.argv[0]!r}: {exc.strerror}", 0.0
+                else:
+                    self._on_change(replica)
+                    if await self._wait_ready(replica, proc):
+                        replica.ready_at, replica.suspect = time.time(), False
+                        self._set(replica, State.READY, "")
+                        await proc.wait()
+                    elif proc.returncode is None:
+                        await kill_group(proc.pid)
+                        await proc.wait()
+                    ran = time.time() - (replica.started or time.time())
+                    outcome = f"exited with code {proc.returncode} after {ran:.1f}s"
                 if ran >= STABLE_AFTER:
                     backoff, failures = BACKOFF_START, 0
                 failures += 1
                 replica.restarts += 1
                 state = State.CRASH_LOOP if failures >= CRASH_LOOP_AFTER else State.BACKOFF
                 detail = tail(replica.log_path, 3)
-                self._set(
-                    replica,
-                    state,
-                    f"exited with code {code} after {ran:.1f}s; restart in {backoff:.0f}s: {detail}",
-                )
+                self._set(replica, state, f"{outcome}; restart in {backoff:.0f}s: {detail}")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_CAP)
         except asyncio.CancelledError:
