@@ -186,6 +186,8 @@ class Gateway:
             self.metrics.queued.labels(name).dec()
             self.metrics.queue_wait.labels(name).observe(time.monotonic() - waited)
         if not upstreams:
+            if why := self.discovery.unavailable(name):
+                raise GatewayError(503, f"model '{name}' cannot start: {why}", code="model_unavailable")
             raise GatewayError(
                 503,
                 f"no replica of '{name}' became ready within {route.cold_start_timeout:g}s",

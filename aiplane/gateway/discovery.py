@@ -43,3 +43,9 @@ class Discovery(Protocol):
     def report_failure(self, upstream: Upstream, error: str) -> None:
         """The gateway saw this upstream fail; stop routing to it until it is ready again."""
         ...
+
+    def unavailable(self, served_name: str) -> str | None:
+        """Why no replica can become ready without a change (the engine cannot launch,
+        every replica crash-loops), or None while waiting may still help. A held request
+        then fails at once with this reason instead of at its cold-start timeout."""
+        ...

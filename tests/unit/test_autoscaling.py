@@ -60,6 +60,9 @@ def test_one_replica_stays_warm_until_idle_for_scale_to_zero_after() -> None:
     scale, state = decide(POLICY, scale_context(now=1300.0, current=1, scale_to_zero_after=300), state)
     assert scale == ScaleTo(0, "idle for 300s >= scaleToZeroAfter 300s")
     assert state == AutoscalerState(last_active=1000.0, below_since=None)
+    # Once at zero, the status keeps saying why (not a bare "0 in flight" line).
+    scale, state = decide(POLICY, scale_context(now=1301.0, current=0, scale_to_zero_after=300), state)
+    assert scale == ScaleTo(0, "idle at zero replicas; a request starts one")
 
 
 def test_idleness_counts_from_the_first_decision_when_never_busy() -> None:

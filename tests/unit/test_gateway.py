@@ -292,6 +292,23 @@ async def test_no_upstream_within_cold_start_timeout_is_503_with_retry_after() -
         assert gw.load.queued["m"] == 0
 
 
+async def test_a_model_that_cannot_start_fails_held_requests_at_once_with_the_reason() -> None:
+    discovery = InMemoryDiscovery.of(route("m", cold_start_timeout=30))
+    async with gateway(discovery) as (client, gw):
+        started = time.monotonic()
+        pending = asyncio.create_task(client.post(CHAT, json=HELLO))
+        await asyncio.sleep(0.3)
+        assert not pending.done()  # held: the replica may still come up
+        discovery.block("m", "every replica is in CrashLoopBackOff: exited with code 1")
+        resp = await asyncio.wait_for(pending, timeout=2)
+        assert resp.status == 503
+        message = assert_openai_error(await resp.json(), type_="server_error", code="model_unavailable")
+        assert message == "model 'm' cannot start: every replica is in CrashLoopBackOff: exited with code 1"
+        assert time.monotonic() - started < 2  # not the 30 s cold-start timeout
+        assert "Retry-After" not in resp.headers  # retrying soon will not help
+        assert gw.load.queued["m"] == 0
+
+
 async def test_refused_connection_is_retried_on_a_healthy_upstream(upstream: StartUpstream) -> None:
     _, good = await upstream("good")
     bad = Upstream("bad", f"http://127.0.0.1:{unused_port()}")  # nothing listens there

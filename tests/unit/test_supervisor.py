@@ -31,7 +31,7 @@ async def test_a_command_that_does_not_exist_backs_off_with_the_reason(tmp_path:
         sup.start(replica(tmp_path, ["/nonexistent/serve", "--port", "9"]))
         state, message = await first_state_after_starting(sup, changes)
     assert state is State.BACKOFF
-    assert message.startswith("cannot start '/nonexistent/serve': No such file or directory; restart in 1s")
+    assert message == "cannot start '/nonexistent/serve': No such file or directory; restart in 1s"
 
 
 async def test_a_bug_in_supervision_shows_as_a_crash_loop(

@@ -35,8 +35,12 @@ def decide(
         wanted, reason = floor, f"{reason}; raised to floor {floor}"
     if wanted > ctx.max_replicas:
         wanted, reason = ctx.max_replicas, f"{reason}; capped at max {ctx.max_replicas}"
-    if ctx.min_replicas == 0 and wanted == 0 and ctx.current_replicas > 0:
-        reason = f"idle for {idle_for:.0f}s >= scaleToZeroAfter {ctx.scale_to_zero_after:g}s"
+    if ctx.min_replicas == 0 and wanted == 0:
+        reason = (
+            f"idle for {idle_for:.0f}s >= scaleToZeroAfter {ctx.scale_to_zero_after:g}s"
+            if ctx.current_replicas > 0
+            else "idle at zero replicas; a request starts one"
+        )
 
     if wanted >= ctx.current_replicas:
         return ScaleTo(wanted, reason), AutoscalerState(last_active, None)

@@ -154,6 +154,11 @@ class KubernetesDiscovery:
                     upstream.replica_id, upstream.base_url, error, self._suspect_for)  # fmt: skip
         self._suspects[upstream] = self._clock() + self._suspect_for
 
+    def unavailable(self, served_name: str) -> str | None:
+        """Never: pods that crash-loop are the Deployment's to restart, so a held request
+        waits out its cold-start timeout (the Model's status shows why)."""
+        return None
+
     # -- what the Kubernetes gateway adds -------------------------------------------
     def demand(self) -> dict[str, int]:
         """Requests waiting for a first ready replica, by served name (for scale-from-zero)."""

@@ -163,10 +163,11 @@ class LocalController:
             await self._reconcile_model(item.resource, item.generation, now)
         for replica in list(self.supervisor.replicas.values()):
             if replica.model not in names:
-                await self.supervisor.stop(replica.id)
+                self.supervisor.stop_soon(replica.id)
         for gone in (set(self._states) | set(self._written)) - names:
             self._states.pop(gone, None)
             self._written.pop(gone, None)
+            self.discovery.set_unavailable(gone, None)
 
     async def _reconcile_model(self, model: Model, generation: int, now: float) -> None:
         mine = [r for r in self.supervisor.replicas.values() if r.model == model.name]
@@ -201,7 +202,6 @@ class LocalController:
         if old and ready_current >= min(decision.replicas, len(current)):
             for replica in old:  # rolling update: old ones go once new ones serve
                 self._draining[replica.id] = now
-        await self._drain(now)
         if reason != self._last_reason.get(model.name) and decision.replicas != len(current):
             # Evented once per change of reason, not every tick.
             if reason.startswith("Pending: "):
@@ -211,6 +211,7 @@ class LocalController:
             else:
                 self.event(model.ref, "Scale", f"{len(current)} -> {decision.replicas}: {reason}")
         self._last_reason[model.name] = reason
+        self.discovery.set_unavailable(model.name, self._cannot_start(reason, current))
         # Written when it changes, not every 250 ms tick.
         key = (decision.replicas, ready_current, reason, new_state)
         if self._written.get(model.name) != key:
@@ -218,6 +219,17 @@ class LocalController:
             self.store.set_status(
                 ModelStatusRow(model.name, decision.replicas, ready_current, reason, asdict(new_state), now)
             )
+        # After the status: it says what is wanted before an unwanted replica disappears.
+        self._drain(now)
+
+    @staticmethod
+    def _cannot_start(reason: str, current: list[Replica]) -> str | None:
+        """A launch error, or every replica of the current spec crash-looping: waiting won't help."""
+        if reason.startswith("EngineError: "):
+            return reason.removeprefix("EngineError: ")
+        if current and all(r.state is State.CRASH_LOOP for r in current):
+            return f"every replica is in CrashLoopBackOff: {current[0].message}"
+        return None
 
     def _load_state(self, name: str) -> AutoscalerState:
         row = self.store.statuses().get(name)
@@ -254,7 +266,7 @@ class LocalController:
         """The share of each of its devices a replica of this model holds (from this tick's read)."""
         return self._shares.get(model_name, 1.0)
 
-    async def _drain(self, now: float) -> None:
+    def _drain(self, now: float) -> None:
         """Stop draining replicas once their in-flight requests finish (or time runs out)."""
         for rid, since in list(self._draining.items()):
             replica = self.supervisor.replicas.get(rid)
@@ -266,4 +278,4 @@ class LocalController:
                 self._replica_changed(replica)
             if self.load.replica_load(rid) == 0 or now - since > DRAIN_TIMEOUT:
                 self._draining.pop(rid)
-                await self.supervisor.stop(rid)
+                self.supervisor.stop_soon(rid)

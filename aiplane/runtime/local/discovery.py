@@ -18,6 +18,7 @@ class LocalDiscovery:
         self._supervisor = supervisor
         self._engines = engines
         self._routes: dict[str, ModelRoute] = {}
+        self._blocked: dict[str, str] = {}  # model name -> why it cannot start
         self._changed = asyncio.Event()
         self.demand = asyncio.Event()  # set when a request waits: wakes the controller
 
@@ -48,7 +49,7 @@ class LocalDiscovery:
         while not (ready := self.upstreams(served_name)):
             self.demand.set()
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.unavailable(served_name):
                 return []
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(remaining, 1.0)):
@@ -57,6 +58,20 @@ class LocalDiscovery:
 
     def report_failure(self, upstream: Upstream, error: str) -> None:
         self._supervisor.mark_suspect(upstream.replica_id, error)
+
+    def unavailable(self, served_name: str) -> str | None:
+        route = self._routes.get(served_name)
+        return self._blocked.get(route.owner) if route else None
+
+    def set_unavailable(self, model: str, reason: str | None) -> None:
+        """The controller's verdict for a model, each reconcile; waiters hear of a change."""
+        if self._blocked.get(model) == reason:
+            return
+        if reason is None:
+            self._blocked.pop(model, None)
+        else:
+            self._blocked[model] = reason
+        self.notify()
 
     def notify(self) -> None:
         """Wake every waiter: replica states changed. A fresh Event per change, no lock."""

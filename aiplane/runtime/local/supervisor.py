@@ -87,6 +87,7 @@ class Supervisor:
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
         self._stopping: dict[str, Replica] = {}  # popped from replicas, process not yet gone
+        self._terminating: set[asyncio.Task[None]] = set()  # stops running in the background
 
     async def __aenter__(self) -> Supervisor:
         self._session = aiohttp.ClientSession()
@@ -133,11 +134,25 @@ class Supervisor:
 
     async def stop(self, replica_id: str) -> None:
         """Stop a replica's task and its process group; bounded even if the task misbehaves."""
+        if (replica := self._detach(replica_id)) is not None:
+            await self._terminate(replica)
+
+    def stop_soon(self, replica_id: str) -> None:
+        """Stop in the background: a controller tick must not wait seconds for an exit."""
+        if (replica := self._detach(replica_id)) is not None:
+            task = asyncio.create_task(self._terminate(replica), name=f"stop-{replica_id}")
+            self._terminating.add(task)
+            task.add_done_callback(self._terminating.discard)
+
+    def _detach(self, replica_id: str) -> Replica | None:
+        """Out of routing and supervision at once; the process goes in ``_terminate``."""
         replica = self.replicas.pop(replica_id, None)
-        if replica is None:
-            return
-        replica.stopping = True
-        self._stopping[replica.id] = replica
+        if replica is not None:
+            replica.stopping = True
+            self._stopping[replica.id] = replica
+        return replica
+
+    async def _terminate(self, replica: Replica) -> None:
         try:
             if replica.task:
                 replica.task.cancel()
@@ -160,7 +175,7 @@ class Supervisor:
         return [r.pid for r in replicas if r.pid]
 
     async def stop_all(self) -> None:
-        await asyncio.gather(*(self.stop(rid) for rid in list(self.replicas)))
+        await asyncio.gather(*(self.stop(rid) for rid in list(self.replicas)), *list(self._terminating))
 
     def mark_suspect(self, replica_id: str, error: str) -> None:
         replica = self.replicas.get(replica_id)
@@ -230,7 +245,8 @@ class Supervisor:
                 try:
                     proc = await self._spawn(replica)
                 except OSError as exc:  # e.g. a custom engine's command that does not exist
-                    outcome, ran = f"cannot start {replica.launch.argv[0]!r}: {exc.strerror}", 0.0
+                    ran, detail = 0.0, ""
+                    outcome = f"cannot start {replica.launch.argv[0]!r}: {exc.strerror}"
                 else:
                     self._on_change(replica)
                     if await self._wait_ready(replica, proc):
@@ -242,13 +258,13 @@ class Supervisor:
                         await proc.wait()
                     ran = time.time() - (replica.started or time.time())
                     outcome = f"exited with code {proc.returncode} after {ran:.1f}s"
+                    detail = f": {tail(replica.log_path, 3)}"  # the last it printed
                 if ran >= STABLE_AFTER:
                     backoff, failures = BACKOFF_START, 0
                 failures += 1
                 replica.restarts += 1
                 state = State.CRASH_LOOP if failures >= CRASH_LOOP_AFTER else State.BACKOFF
-                detail = tail(replica.log_path, 3)
-                self._set(replica, state, f"{outcome}; restart in {backoff:.0f}s: {detail}")
+                self._set(replica, state, f"{outcome}; restart in {backoff:.0f}s{detail}")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_CAP)
         except asyncio.CancelledError:
