@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from aiplane.gateway.requests import InferenceRequest
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request", in metrics only
 CONNECT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+TRACE_FRAME = re.compile(r'^\s*File "[^"]*", line \d+')
 
 
 class UpstreamUnavailable(Exception):
@@ -46,16 +48,35 @@ def _count_stream_tokens(chunk: bytes) -> int:
     )
 
 
+def _without_traceback(message: str) -> str:
+    """Drop the stack frames some engines put in error messages (llama-cpp-python does)."""
+    kept: list[str] = []
+    in_frame = False
+    for line in message.splitlines():
+        if line.startswith("Traceback (most recent call last)") or TRACE_FRAME.match(line):
+            in_frame = True
+        elif not (in_frame and line.startswith("    ")):  # a frame's source line follows it
+            in_frame = False
+            kept.append(line)
+    return "\n".join(kept).strip()
+
+
 def _openai_error_bytes(status: int, raw: bytes) -> bytes:
-    """Upstream error bodies in OpenAI's shape (FastAPI's ``detail`` is rewrapped)."""
+    """Upstream error bodies in OpenAI's shape (FastAPI's ``detail`` is rewrapped), minus
+    any stack frames: no traceback reaches a client."""
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+    if isinstance(data, dict) and isinstance(error := data.get("error"), dict):
+        if (
+            isinstance(message := error.get("message"), str)
+            and (clean := _without_traceback(message)) != message
+        ):
+            return json.dumps({**data, "error": {**error, "message": clean}}).encode()
         return raw
     message = data.get("detail") if isinstance(data, dict) else raw.decode(errors="replace")[:500]
-    return json.dumps(error_body(status, f"upstream: {message}")).encode()
+    return json.dumps(error_body(status, f"upstream: {_without_traceback(str(message))}")).encode()
 
 
 async def forward(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiplane.gateway.errors import GatewayError
+from aiplane.gateway.params import check_messages, check_parameters
 
 REQUIRED: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "/v1/chat/completions": ("messages", list),
@@ -48,6 +49,9 @@ def parse_body(raw: bytes, endpoint: str) -> InferenceRequest:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise GatewayError(400, "'stream' must be a boolean", param="stream")
+    check_parameters(body)
+    if field == "messages" and isinstance(value, list):
+        check_messages(value)
     return InferenceRequest(endpoint, model, stream, body, _prefix(body, field))
 
 

@@ -82,6 +82,20 @@ def test_errors_in_openai_shape(warm_plane: Plane) -> None:
     assert missing.value.status_code == 400
     assert missing.value.body["param"] == "messages"  # type: ignore[index]
 
+    # llama-cpp-python alone would run a negative max_tokens unbounded, and answer a
+    # string temperature with a 500 naming its source file; the gateway answers 400.
+    hi = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(openai.BadRequestError) as unbounded:
+        c.chat.completions.create(model="smollm2", messages=hi, max_tokens=-5)  # type: ignore[arg-type]
+    assert unbounded.value.body["param"] == "max_tokens"  # type: ignore[index]
+    hot = httpx.post(
+        warm_plane.url + "/v1/chat/completions",
+        json={"model": "smollm2", "messages": hi, "temperature": "hot"},
+        timeout=10,
+    )
+    assert hot.status_code == 400 and hot.json()["error"]["param"] == "temperature"
+    assert "File " not in hot.text
+
     raw = httpx.post(warm_plane.url + "/v1/chat/completions", content=b"{not json", timeout=10)
     assert raw.status_code == 400
     body = raw.json()["error"]

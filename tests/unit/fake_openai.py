@@ -4,8 +4,9 @@ It answers ``/v1/chat/completions`` the way llama.cpp and vLLM do: JSON with ``u
 or an SSE stream of chunks with small sleeps between them. ``mode`` makes it misbehave:
 ``drop`` closes the connection after the first chunk, ``slow`` waits ``chunk_delay``
 before answering, ``detail422`` answers FastAPI's ``{"detail": ...}``, ``openai-error``
-an OpenAI-shaped 400, ``linger`` holds the connection open for ``chunk_delay`` after
-``[DONE]`` (a client may leave before the stream's last empty chunk).
+an OpenAI-shaped 400, ``leaky500`` a 500 whose message carries a stack frame (as
+llama-cpp-python's do), and ``linger`` holds the connection open for ``chunk_delay``
+after ``[DONE]`` (a client may leave before the stream's last empty chunk).
 """
 
 from __future__ import annotations
@@ -19,10 +20,21 @@ from aiohttp.test_utils import TestServer
 
 from aiplane.gateway.discovery import Upstream
 
-Mode = Literal["ok", "drop", "slow", "detail422", "openai-error", "linger"]
+Mode = Literal["ok", "drop", "slow", "detail422", "openai-error", "linger", "leaky500"]
 PROMPT_TOKENS, COMPLETION_TOKENS = 7, 3
 DETAIL = [{"loc": ["body", "temperature"], "msg": "Input should be less than or equal to 2"}]
 OPENAI_ERROR = {"error": {"message": "bad n", "type": "invalid_request_error", "param": "n", "code": None}}
+# What llama-cpp-python 0.3 answered for {"temperature": "hot"}, verbatim but for the path.
+LEAKY_500 = {
+    "error": {
+        "message": "1 validation error:\n  {'type': 'float_parsing', 'loc': ('body', 'temperature')}\n\n"
+        '  File "/venv/lib/python3.11/site-packages/llama_cpp/server/app.py", line 376, in '
+        "create_chat_completion\n    POST /v1/chat/completions",
+        "type": "internal_server_error",
+        "param": None,
+        "code": None,
+    }
+}
 
 
 def sse(data: dict[str, Any] | str) -> bytes:
@@ -65,6 +77,8 @@ class FakeOpenAI:
             return web.json_response({"detail": DETAIL}, status=422)
         if self.mode == "openai-error":
             return web.json_response(OPENAI_ERROR, status=400)
+        if self.mode == "leaky500":
+            return web.json_response(LEAKY_500, status=500)
         if self.mode == "slow":
             await asyncio.sleep(self.chunk_delay)
         if body.get("stream"):

@@ -123,6 +123,55 @@ async def test_missing_or_wrong_fields_are_400_naming_the_param(
         assert data["error"]["param"] == param
 
 
+@pytest.mark.parametrize(
+    ("extra", "param", "message"),
+    [
+        ({"temperature": "hot"}, "temperature", "'temperature' must be a number from 0 to 2 (got 'hot')"),
+        ({"temperature": 2.5}, "temperature", "'temperature' must be a number from 0 to 2 (got 2.5)"),
+        ({"top_p": -0.1}, "top_p", "'top_p' must be a number from 0 to 1 (got -0.1)"),
+        ({"max_tokens": -5}, "max_tokens", "'max_tokens' must be an integer >= 1 (got -5)"),
+        ({"max_tokens": 1.5}, "max_tokens", "'max_tokens' must be an integer >= 1 (got 1.5)"),
+        ({"max_tokens": True}, "max_tokens", "'max_tokens' must be an integer >= 1 (got True)"),
+        ({"n": 0}, "n", "'n' must be an integer >= 1 (got 0)"),
+        ({"seed": "42"}, "seed", "'seed' must be an integer (got '42')"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "'stop' must be a string or an array of up to 4"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias", "'logit_bias' must be an object of token ids"),
+        ({"logit_bias": {"50256": -101}}, "logit_bias", "'logit_bias' must be an object of token ids"),
+        (
+            {"messages": [{"role": "wizard", "content": "x"}]},
+            "messages[0].role",
+            "'messages[0].role' must be one of assistant, developer, function, system, tool, user",
+        ),
+        ({"messages": ["hi"]}, "messages[0]", "'messages[0]' must be an object with 'role' and 'content'"),
+    ],
+)
+async def test_parameters_outside_openais_types_and_ranges_are_400_before_any_engine(
+    extra: dict[str, Any], param: str, message: str
+) -> None:
+    discovery = InMemoryDiscovery.of(route("m"))  # no upstream: a 400 must not wait on one
+    async with gateway(discovery) as (client, _):
+        resp = await client.post(CHAT, json={**HELLO, **extra})
+        assert resp.status == 400
+        data = await resp.json()
+        assert assert_openai_error(data, type_="invalid_request_error").startswith(message)
+        assert data["error"]["param"] == param
+        assert discovery.waits == 0
+
+
+async def test_valid_parameters_and_engine_extras_pass_through_unchanged(upstream: StartUpstream) -> None:
+    fake, up = await upstream("r-0")
+    body = {
+        **HELLO,
+        "temperature": 0, "top_p": 1, "max_tokens": 1, "n": 1, "seed": -3, "stop": ["\n", "###"],
+        "logit_bias": {"50256": -100, "15": 2.5}, "presence_penalty": -2, "top_k": 40, "min_p": 0.05,
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+    }  # fmt: skip
+    async with gateway(InMemoryDiscovery.of(route("m"), upstreams={"m": [up]})) as (client, _):
+        resp = await client.post(CHAT, json=body)
+        assert resp.status == 200
+        assert fake.requests == [body]
+
+
 async def test_a_json_array_body_is_a_400() -> None:
     async with gateway(InMemoryDiscovery.of(route("m"))) as (client, _):
         resp = await client.post(CHAT, json=[HELLO])
@@ -462,6 +511,15 @@ async def test_upstream_openai_error_passes_through_unchanged(upstream: StartUps
         assert resp.status == 400
         assert await resp.json() == OPENAI_ERROR
         assert gw.load.per_replica == {}
+
+
+async def test_stack_frames_in_an_upstream_error_never_reach_the_client(upstream: StartUpstream) -> None:
+    _, up = await upstream("r-0", mode="leaky500")
+    async with gateway(InMemoryDiscovery.of(route("m"), upstreams={"m": [up]})) as (client, _):
+        resp = await client.post(CHAT, json=HELLO)
+        assert resp.status == 500
+        message = assert_openai_error(await resp.json(), type_="internal_server_error")
+        assert message == "1 validation error:\n  {'type': 'float_parsing', 'loc': ('body', 'temperature')}"
 
 
 # -- metrics -----------------------------------------------------------------------------------
