@@ -18,7 +18,9 @@ pytestmark = pytest.mark.k8s
 H100 = "NVIDIA-H100-80GB-HBM3"
 
 
-def model_yaml(name: str, *, args: str = "[]", min_replicas: int = 2, gpus: str = "1") -> str:
+def model_yaml(
+    name: str, *, args: str = "[]", min_replicas: int = 2, gpus: str = "1", gpu_model: str = "H100"
+) -> str:
     return f"""\
 apiVersion: aiplane.dev/v1alpha1
 kind: Model
@@ -27,7 +29,7 @@ spec:
   engine: vllm
   source: hf://meta-llama/Meta-Llama-3-8B-Instruct
   args: {args}
-  resources: {{gpus: {gpus}, gpuModel: H100, memory: 16Gi}}
+  resources: {{gpus: {gpus}, gpuModel: {gpu_model}, memory: 16Gi}}
   replicas: {{min: {min_replicas}, max: 4}}
 """
 
@@ -214,3 +216,21 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     finally:
         if operator.proc is None:
             operator.start()
+
+
+def test_a_model_no_node_can_take_says_why_in_its_status(
+    k8s_cluster: K8sCluster, k8s_namespace: str, operator: Operator
+) -> None:
+    """The Deployment alone reports a Pending pod as nothing wrong; the Model says why."""
+    ns = k8s_namespace
+    assert apply_yaml(k8s_cluster, model_yaml("b200", min_replicas=1, gpu_model="B200"), ns).returncode == 0
+
+    def degraded() -> dict[str, Any] | None:
+        model = kubectl_json(k8s_cluster, "get", "model", "b200", "-n", ns)
+        conds = {c["type"]: c for c in (model or {}).get("status", {}).get("conditions", [])}
+        return conds["Degraded"] if conds.get("Degraded", {}).get("status") == "True" else None
+
+    cond = wait_for(degraded, 30, "Degraded=True")
+    assert cond["reason"] == "Unschedulable"
+    assert cond["message"].startswith("pod b200-")
+    assert "didn't match Pod's node affinity/selector" in cond["message"]  # the scheduler's own words

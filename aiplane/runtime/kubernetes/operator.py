@@ -122,10 +122,17 @@ def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
         meta = body["metadata"]
         model = reconcile.from_body(body)
         assert isinstance(model, Model)
-        deployment = await _kube(memo).get("apps/v1", "Deployment", meta["name"], meta["namespace"])
+        kube = _kube(memo)
+        deployment = await kube.get("apps/v1", "Deployment", meta["name"], meta["namespace"])
         selector = selector_string(model)
+        st = (deployment or {}).get("status", {})
+        # Pods only when some are not ready: they say why (Unschedulable, ImagePullBackOff).
+        short = deployment is not None and int(st.get("readyReplicas") or 0) < int(
+            deployment.get("spec", {}).get("replicas", 1)
+        )
+        pods = await kube.list("v1", "Pod", meta["namespace"], selector) if short else []
         old = body.get("status") or {}
-        new = model_status(meta.get("generation", 0), deployment, selector, old, reconcile.utc_now())
+        new = model_status(meta.get("generation", 0), deployment, selector, old, reconcile.utc_now(), pods)
         _patch_status(patch, old, new)
 
     @kopf.timer(

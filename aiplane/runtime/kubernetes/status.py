@@ -28,10 +28,40 @@ def _deployment_condition(deployment: Manifest, type_: str) -> Manifest | None:
     )
 
 
+# Container waits that do not clear by waiting: a user has to act.
+STUCK_WAITS = frozenset(
+    {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName"}
+)
+
+
+def pod_trouble(pods: list[Manifest]) -> tuple[str, str] | None:
+    """Why a model's pods are not becoming ready, as (reason, message), from the first pod
+    that says so: the scheduler's verdict, or a container stuck waiting."""
+    for pod in pods:
+        name = pod.get("metadata", {}).get("name", "?")
+        status = pod.get("status", {})
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+                return "Unschedulable", f"pod {name}: {cond.get('message', 'cannot be scheduled')}"
+        statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+        for container in statuses:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_WAITS:
+                detail = waiting.get("message") or waiting["reason"]
+                return waiting["reason"], f"pod {name}: container {container.get('name')}: {detail}"
+    return None
+
+
 def model_status(
-    generation: int, deployment: Manifest | None, selector: str, previous: Manifest, now: str
+    generation: int,
+    deployment: Manifest | None,
+    selector: str,
+    previous: Manifest,
+    now: str,
+    pods: list[Manifest] | None = None,
 ) -> Manifest:
-    """Ready/Progressing/Degraded and replica counts from the model's Deployment."""
+    """Ready/Progressing/Degraded and replica counts from the model's Deployment, and from
+    its pods why they are not ready (the Deployment alone reports a Pending pod as fine)."""
     old = previous.get("conditions")
     if deployment is None:
         conditions = [
@@ -63,15 +93,16 @@ def model_status(
     )
     failure = _deployment_condition(deployment, "ReplicaFailure")
     stalled = _deployment_condition(deployment, "Progressing")
-    degraded_reason = ""
+    degraded_reason, degraded_message = "AsExpected", ""
+    trouble = pod_trouble(pods or []) if ready < spec_replicas else None
     if failure and failure.get("status") == "True":
-        degraded_reason = failure.get("message", "replica failure")
+        degraded_reason, degraded_message = "ReplicaFailure", failure.get("message", "replica failure")
     elif stalled and stalled.get("reason") == "ProgressDeadlineExceeded":
-        degraded_reason = stalled.get("message", "progress deadline exceeded")
-    degraded = condition(
-        "Degraded", bool(degraded_reason), "ReplicaFailure" if degraded_reason else "AsExpected",
-        degraded_reason, now, old,
-    )  # fmt: skip
+        degraded_reason = "ProgressDeadlineExceeded"
+        degraded_message = stalled.get("message", "progress deadline exceeded")
+    elif trouble:
+        degraded_reason, degraded_message = trouble
+    degraded = condition("Degraded", bool(degraded_message), degraded_reason, degraded_message, now, old)
     return {
         "observedGeneration": generation,
         "replicas": int(st.get("replicas") or 0),

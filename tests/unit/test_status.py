@@ -1,0 +1,67 @@
+"""Model status from its Deployment and, when replicas are short, from its pods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiplane.runtime.kubernetes.status import model_status, pod_trouble
+
+NOW = "2026-11-29T05:00:00Z"
+UNSCHEDULABLE = {
+    "type": "PodScheduled",
+    "status": "False",
+    "reason": "Unschedulable",
+    "message": "0/4 nodes are available: 4 node(s) didn't match Pod's node affinity/selector.",
+}
+
+
+def deployment(replicas: int, ready: int) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": replicas},
+        "status": {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+                   "readyReplicas": ready},
+    }  # fmt: skip
+
+
+def pod(name: str, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": status}
+
+
+def degraded(status: dict[str, Any]) -> tuple[str, str, str]:
+    cond = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    return cond["status"], cond["reason"], cond["message"]
+
+
+def test_an_unschedulable_pod_degrades_the_model_with_the_schedulers_words() -> None:
+    pods = [pod("m-1", phase="Running"), pod("m-2", phase="Pending", conditions=[UNSCHEDULABLE])]
+    status = model_status(1, deployment(2, 1), "app=m", {}, NOW, pods)
+    assert degraded(status) == ("True", "Unschedulable", f"pod m-2: {UNSCHEDULABLE['message']}")
+
+
+def test_a_container_stuck_pulling_its_image_degrades_the_model() -> None:
+    waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "vllm/vllm-openai:nope"'}
+    stuck = pod("m-1", containerStatuses=[{"name": "server", "state": {"waiting": waiting}}])
+    assert pod_trouble([stuck]) == (
+        "ImagePullBackOff",
+        'pod m-1: container server: Back-off pulling image "vllm/vllm-openai:nope"',
+    )
+
+
+def test_a_crash_looping_init_container_counts_too() -> None:
+    waiting = {"reason": "CrashLoopBackOff"}
+    stuck = pod("m-1", initContainerStatuses=[{"name": "preload", "state": {"waiting": waiting}}])
+    assert pod_trouble([stuck]) == ("CrashLoopBackOff", "pod m-1: container preload: CrashLoopBackOff")
+
+
+def test_pods_still_starting_are_not_trouble() -> None:
+    creating = {"reason": "ContainerCreating"}
+    starting = pod("m-1", containerStatuses=[{"name": "server", "state": {"waiting": creating}}])
+    status = model_status(1, deployment(1, 0), "app=m", {}, NOW, [starting])
+    assert degraded(status) == ("False", "AsExpected", "")
+
+
+def test_pods_are_not_consulted_when_every_replica_is_ready() -> None:
+    stale = pod("m-old", phase="Pending", conditions=[UNSCHEDULABLE])  # e.g. a surge pod mid-rollout
+    status = model_status(1, deployment(1, 1), "app=m", {}, NOW, [stale])
+    assert degraded(status) == ("False", "AsExpected", "")
