@@ -161,6 +161,8 @@ class LocalController:
             assert isinstance(item.resource, Model)
             names.add(item.resource.name)
             await self._reconcile_model(item.resource, item.generation, now)
+        # After every status write: a status says what is wanted before a replica goes.
+        self._drain(now)
         for replica in list(self.supervisor.replicas.values()):
             if replica.model not in names:
                 self.supervisor.stop_soon(replica.id)
@@ -219,8 +221,6 @@ class LocalController:
             self.store.set_status(
                 ModelStatusRow(model.name, decision.replicas, ready_current, reason, asdict(new_state), now)
             )
-        # After the status: it says what is wanted before an unwanted replica disappears.
-        self._drain(now)
 
     @staticmethod
     def _cannot_start(reason: str, current: list[Replica]) -> str | None:
