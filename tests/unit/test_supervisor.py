@@ -16,9 +16,7 @@ def replica(tmp_path: Path, argv: list[str]) -> Replica:
     return Replica("r-1", "m", 1, "127.0.0.1", 9, (), tmp_path / "r-1.log", LocalLaunch(argv))
 
 
-async def first_state_after_starting(
-    sup: Supervisor, changes: asyncio.Queue[tuple[State, str]]
-) -> tuple[State, str]:
+async def first_state_after_starting(changes: asyncio.Queue[tuple[State, str]]) -> tuple[State, str]:
     while True:
         state, message = await asyncio.wait_for(changes.get(), timeout=10)
         if state is not State.STARTING:
@@ -29,7 +27,7 @@ async def test_a_command_that_does_not_exist_backs_off_with_the_reason(tmp_path:
     changes: asyncio.Queue[tuple[State, str]] = asyncio.Queue()
     async with Supervisor(lambda r: changes.put_nowait((r.state, r.message))) as sup:
         sup.start(replica(tmp_path, ["/nonexistent/serve", "--port", "9"]))
-        state, message = await first_state_after_starting(sup, changes)
+        state, message = await first_state_after_starting(changes)
     assert state is State.BACKOFF
     assert message == "cannot start '/nonexistent/serve': No such file or directory; restart in 1s"
 
@@ -45,7 +43,7 @@ async def test_a_bug_in_supervision_shows_as_a_crash_loop(
     async with Supervisor(lambda r: changes.put_nowait((r.state, r.message))) as sup:
         r = replica(tmp_path, ["sleep", "30"])
         sup.start(r)
-        state, message = await first_state_after_starting(sup, changes)
+        state, message = await first_state_after_starting(changes)
         assert (state, message) == (State.CRASH_LOOP, "supervision failed: RuntimeError: probe exploded")
         pid = r.pid
         assert pid is not None

@@ -24,7 +24,7 @@ from aiplane.policies.scheduling import Admit, Pending
 from aiplane.runtime.kubernetes import reconcile
 from aiplane.runtime.kubernetes.client import Kube
 from aiplane.runtime.kubernetes.lowering import DEFAULT_OPTIONS, LoweringOptions, selector_string
-from aiplane.runtime.kubernetes.status import job_status, model_status
+from aiplane.runtime.kubernetes.status import job_status, model_status, replicas_short
 
 GROUP, VERSION = "aiplane.dev", "v1alpha1"
 KOPF_PREFIX = f"kopf.{GROUP}"  # kopf's bookkeeping annotations; never passed on to pods
@@ -125,11 +125,8 @@ def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
         kube = _kube(memo)
         deployment = await kube.get("apps/v1", "Deployment", meta["name"], meta["namespace"])
         selector = selector_string(model)
-        st = (deployment or {}).get("status", {})
         # Pods only when some are not ready: they say why (Unschedulable, ImagePullBackOff).
-        short = deployment is not None and int(st.get("readyReplicas") or 0) < int(
-            deployment.get("spec", {}).get("replicas", 1)
-        )
+        short = replicas_short(deployment)
         pods = await kube.list("v1", "Pod", meta["namespace"], selector) if short else []
         old = body.get("status") or {}
         new = model_status(meta.get("generation", 0), deployment, selector, old, reconcile.utc_now(), pods)

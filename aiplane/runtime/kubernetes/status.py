@@ -34,6 +34,14 @@ STUCK_WAITS = frozenset(
 )
 
 
+def replicas_short(deployment: Manifest | None) -> bool:
+    """Fewer ready than wanted: then the pods are worth reading, for why."""
+    if deployment is None:
+        return False
+    wanted = int(deployment.get("spec", {}).get("replicas", 1))
+    return int(deployment.get("status", {}).get("readyReplicas") or 0) < wanted
+
+
 def pod_trouble(pods: list[Manifest]) -> tuple[str, str] | None:
     """Why a model's pods are not becoming ready, as (reason, message), from the first pod
     that says so: the scheduler's verdict, or a container stuck waiting."""
@@ -94,7 +102,7 @@ def model_status(
     failure = _deployment_condition(deployment, "ReplicaFailure")
     stalled = _deployment_condition(deployment, "Progressing")
     degraded_reason, degraded_message = "AsExpected", ""
-    trouble = pod_trouble(pods or []) if ready < spec_replicas else None
+    trouble = pod_trouble(pods or []) if replicas_short(deployment) else None
     if failure and failure.get("status") == "True":
         degraded_reason, degraded_message = "ReplicaFailure", failure.get("message", "replica failure")
     elif stalled and stalled.get("reason") == "ProgressDeadlineExceeded":

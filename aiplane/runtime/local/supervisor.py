@@ -32,8 +32,8 @@ CRASH_LOOP_AFTER = 3  # restarts without a stable run
 STABLE_AFTER = 60.0  # a run this long resets the backoff
 READY_TIMEOUT = 600.0
 # Readiness is probed every 50 ms for the first seconds (a held request waits on it; a
-# loopback GET costs next to nothing), then backs off to every 0.5 s for slow loads.
-FAST_PROBE_FOR = 10.0
+# loopback GET costs next to nothing), then every 0.5 s for slow loads.
+FAST_PROBE_FOR, FAST_PROBE, SLOW_PROBE = 10.0, 0.05, 0.5
 TASK_STOP_TIMEOUT = 10.0  # a replica task gets this long to unwind before its process is killed anyway
 
 
@@ -223,17 +223,15 @@ class Supervisor:
     async def _wait_ready(self, replica: Replica, proc: asyncio.subprocess.Process) -> bool:
         started = time.monotonic()
         deadline = started + READY_TIMEOUT
-        delay = 0.05
         while time.monotonic() < deadline:
             if proc.returncode is not None:
                 return False
             if await self._probe(replica):
                 return True
+            delay = FAST_PROBE if time.monotonic() - started < FAST_PROBE_FOR else SLOW_PROBE
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await asyncio.shield(proc.wait())
-            if time.monotonic() - started > FAST_PROBE_FOR:
-                delay = min(delay * 1.5, 0.5)
         return False
 
     async def _run(self, replica: Replica) -> None:
