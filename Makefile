@@ -12,9 +12,10 @@ EXTRAS ?= local,embeddings,kubernetes,dev
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/llama-wheel.sh
+$(STAMP): pyproject.toml scripts/llama-wheel.sh scripts/llama-server.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	AIPLANE_CACHE=$(CACHE) scripts/llama-server.sh $(PY) $(VENV)/bin/llama-server
 	AIPLANE_CACHE=$(CACHE) scripts/llama-wheel.sh $(PY)
 	$(PY) -m pip install -q --find-links $(CACHE)/wheels -e ".[$(EXTRAS)]"
 	@touch $(STAMP)

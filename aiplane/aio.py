@@ -1,12 +1,20 @@
-"""asyncio plumbing every aiplane server shares: uvloop where installed, SIGTERM/SIGINT as a stop."""
+"""asyncio plumbing every aiplane server shares: uvloop where installed, SIGTERM/SIGINT as
+a stop, and one way to serve an aiohttp app on an address."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
+
+from aiohttp import web
+
+from aiplane.errors import RuntimeFailure
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -50,3 +58,42 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         factory = None
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+@contextlib.asynccontextmanager
+async def serve_app(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_timeout: float = 60.0,
+    cleanup_timeout: float | None = None,
+    handler_cancellation: bool = False,
+) -> AsyncIterator[web.AppRunner]:
+    """Serve ``app`` on ``host:port`` for the body of the ``with``; then drain and clean up.
+
+    A port that cannot be bound is a :class:`RuntimeFailure` naming the address (one
+    line for the CLI). In-flight requests get ``shutdown_timeout`` to finish; the whole
+    cleanup is bounded by ``cleanup_timeout`` when given. ``handler_cancellation``
+    cancels a handler whose client hung up (aiohttp's default is to let it run on).
+    """
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout,
+        handler_cancellation=handler_cancellation,
+    )
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        yield runner
+    finally:
+        try:
+            async with asyncio.timeout(cleanup_timeout):
+                await runner.cleanup()
+        except TimeoutError:
+            log.warning("the server on %s:%d did not shut down within %gs", host, port, cleanup_timeout)

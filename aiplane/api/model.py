@@ -9,7 +9,8 @@ from pydantic import Field, field_validator, model_validator
 from aiplane.api.meta import Resource, Strict
 from aiplane.api.quantity import Duration, Quantity, check_gpu_count
 
-EngineName = Literal["vllm", "tgi", "sglang", "llamacpp", "embeddings", "custom"]
+EngineName = Literal["vllm", "tgi", "sglang", "llamacpp", "llamacpp-python", "embeddings", "custom"]
+DEFAULT_MAX_TOKENS = 512
 SOURCE_SCHEMES = ("pkg", "file", "hf", "s3", "gs", "pvc")
 SOURCE_PATTERN = r"^(pkg|file|hf|s3|gs|pvc)://.+$"
 
@@ -85,7 +86,26 @@ class ModelSpec(Strict):
     routing: Routing = Field(default_factory=Routing)
     cache: Cache = Field(default_factory=Cache)
     timeouts: Timeouts = Field(default_factory=Timeouts)
-    context_length: int | None = Field(default=None, alias="contextLength", ge=128)
+    context_length: int | None = Field(
+        default=None,
+        alias="contextLength",
+        ge=128,
+        description="tokens of context per request (prompt + completion); default: the engine's",
+    )
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="requests one replica serves at once (llama.cpp: its slots); the gateway "
+        "queues the rest. Default: the engine's (llamacpp 4, llamacpp-python 1, others unlimited)",
+    )
+    default_max_tokens: int = Field(
+        default=DEFAULT_MAX_TOKENS,
+        alias="defaultMaxTokens",
+        ge=1,
+        description="max_tokens the gateway sets when a request gives none (or null), so no "
+        "request holds a replica until its context is full",
+    )
 
 
 class Model(Resource):

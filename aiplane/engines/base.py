@@ -64,6 +64,21 @@ class EngineAdapter(Protocol):
     @property
     def endpoints(self) -> frozenset[str]: ...
 
+    @property
+    def default_concurrency(self) -> int | None:
+        """Requests one replica serves at once unless the Model says; None: no limit."""
+        ...
+
+    @property
+    def default_context(self) -> int | None:
+        """Context tokens when the Model gives no contextLength; None: the model's own."""
+        ...
+
+    @property
+    def multiple_choices(self) -> bool:
+        """Whether the server honours ``n > 1``; the gateway refuses it with a 400 if not."""
+        ...
+
     def local(self, model: Model, model_path: str, host: str, port: int) -> LocalLaunch: ...
 
     def container(self, model: Model, model_path: str) -> ContainerLaunch: ...

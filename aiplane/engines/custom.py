@@ -21,6 +21,9 @@ class Custom:
     name: str = "custom"
     metrics: MetricNames = MetricNames()
     endpoints: frozenset[str] = CHAT | EMBED
+    default_concurrency: int | None = None
+    default_context: int | None = None
+    multiple_choices: bool = True
     port: int = 8000
 
     def local(self, model: Model, model_path: str, host: str, port: int) -> LocalLaunch:

@@ -16,6 +16,9 @@ class Embeddings:
     # aiplane_embeddings_requests_running / _waiting for the same signals.
     metrics: MetricNames = MetricNames(running="te_batch_current_size", waiting="te_queue_size")
     endpoints: frozenset[str] = EMBED
+    default_concurrency: int | None = None
+    default_context: int | None = None
+    multiple_choices: bool = True
     image: str = "ghcr.io/huggingface/text-embeddings-inference:cpu-1.8"
 
     def local(self, model: Model, model_path: str, host: str, port: int) -> LocalLaunch:

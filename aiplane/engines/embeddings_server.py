@@ -54,7 +54,7 @@ from prometheus_client import (
 from aiplane import aio
 from aiplane.aio import install_stop_signals
 from aiplane.engines.minilm import DIMENSION, MAX_TOKENS, MiniLMEmbedder
-from aiplane.gateway.errors import GatewayError as OpenAIError
+from aiplane.openai_errors import OpenAIError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -364,13 +364,9 @@ def is_loopback(host: str) -> bool:
 async def serve(config: ServerConfig, host: str, port: int) -> int:
     """Bind first (so a supervisor sees 503 "loading", not a refused port), then load."""
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
     stop = asyncio.Event()
     install_stop_signals(stop)  # the process exits after serve(): nothing to remove
-    try:
-        site = web.TCPSite(runner, host, port, shutdown_timeout=5)
-        await site.start()
+    async with aio.serve_app(app, host, port, shutdown_timeout=5):
         log.info("listening on http://%s:%d, loading the model", host, port)
         try:
             await app[SERVICE].load()
@@ -382,8 +378,6 @@ async def serve(config: ServerConfig, host: str, port: int) -> int:
         log.info("serving %s from %s", config.served_model_name, embedder.model_path)
         await stop.wait()
         return 0
-    finally:
-        await runner.cleanup()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiplane.engines.base import EngineAdapter
 from aiplane.engines.custom import Custom
 from aiplane.engines.embeddings import Embeddings
-from aiplane.engines.llamacpp import LlamaCpp
+from aiplane.engines.llamacpp import LlamaCpp, LlamaCppPython
 from aiplane.engines.servers import TGI, VLLM, SGLang
 from aiplane.errors import EngineError
 
@@ -33,6 +33,6 @@ class EngineRegistry:
 
 def default_registry() -> EngineRegistry:
     registry = EngineRegistry()
-    for adapter in (LlamaCpp(), VLLM(), TGI(), SGLang(), Embeddings(), Custom()):
+    for adapter in (LlamaCpp(), LlamaCppPython(), VLLM(), TGI(), SGLang(), Embeddings(), Custom()):
         registry.register(adapter)
     return registry

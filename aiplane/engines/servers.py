@@ -45,6 +45,9 @@ class VLLM:
         time_to_first_token="vllm:time_to_first_token_seconds",
     )
     endpoints: frozenset[str] = CHAT | frozenset({"/v1/embeddings"})
+    default_concurrency: int | None = None
+    default_context: int | None = None
+    multiple_choices: bool = True
     image: str = "vllm/vllm-openai:v0.11.0"
 
     def _args(self, model: Model, host: str, port: int) -> list[str]:
@@ -86,6 +89,9 @@ class TGI:
         time_to_first_token="tgi_request_queue_duration",
     )
     endpoints: frozenset[str] = CHAT
+    default_concurrency: int | None = None
+    default_context: int | None = None
+    multiple_choices: bool = False  # its OpenAI API answers one choice
     image: str = "ghcr.io/huggingface/text-generation-inference:3.3.4"
     port: int = 3000
 
@@ -127,6 +133,9 @@ class SGLang:
         time_to_first_token="sglang:time_to_first_token_seconds",
     )
     endpoints: frozenset[str] = CHAT | frozenset({"/v1/embeddings"})
+    default_concurrency: int | None = None
+    default_context: int | None = None
+    multiple_choices: bool = True
     image: str = "lmsysorg/sglang:v0.5.3-cu126"
 
     def _args(self, model: Model, model_path: str, host: str, port: int) -> list[str]:

@@ -6,6 +6,7 @@ model's routing policy, and answers every error in OpenAI's JSON shape.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -18,11 +19,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aiplane.gateway.auth import authorized
 from aiplane.gateway.discovery import Discovery, ModelRoute, Upstream
-from aiplane.gateway.errors import GatewayError, error_response
 from aiplane.gateway.load import LoadTracker
 from aiplane.gateway.metrics import GatewayMetrics
 from aiplane.gateway.proxy import CLIENT_CLOSED, Outcome, UpstreamUnavailable, forward
-from aiplane.gateway.requests import InferenceRequest, parse_body
+from aiplane.gateway.requests import InferenceRequest, parse_body, shape_for
+from aiplane.gateway.slots import SlotQueue
+from aiplane.openai_errors import OpenAIError, error_response
 from aiplane.policies.routing import ReplicaLoad, RouteRequest
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class Gateway:
     discovery: Discovery
     load: LoadTracker = field(default_factory=LoadTracker)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    slots: SlotQueue = field(default_factory=SlotQueue)
     config: GatewayConfig = field(default_factory=GatewayConfig)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _session: aiohttp.ClientSession | None = None
@@ -75,7 +78,7 @@ class Gateway:
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except GatewayError as exc:
+        except OpenAIError as exc:
             return exc.response()
         except web.HTTPRequestEntityTooLarge:
             limit = self.config.max_body_bytes
@@ -95,7 +98,7 @@ class Gateway:
         if request.path.startswith("/v1/") and not authorized(
             request.headers.get("Authorization"), self.config.api_keys
         ):
-            raise GatewayError(401, "invalid or missing API key", code="invalid_api_key")
+            raise OpenAIError(401, "invalid or missing API key", code="invalid_api_key")
         return await handler(request)
 
     # -- plain endpoints ---------------------------------------------------------
@@ -123,7 +126,7 @@ class Gateway:
         name = request.match_info["model"]
         route = self.discovery.lookup(name)
         if route is None:
-            raise GatewayError(
+            raise OpenAIError(
                 404, f"The model '{name}' does not exist", param="model", code="model_not_found"
             )
         return web.json_response(self._model_json(route))
@@ -139,14 +142,14 @@ class Gateway:
                 raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 limit = self.config.max_body_bytes
-                raise GatewayError(
+                raise OpenAIError(
                     413, f"request body exceeds {limit} bytes", code="request_too_large"
                 ) from None
             inference = parse_body(raw, endpoint)
             route = self.discovery.lookup(inference.model)
             if route is None:
                 label = "<unknown>"
-                raise GatewayError(
+                raise OpenAIError(
                     404,
                     f"The model '{inference.model}' does not exist",
                     param="model",
@@ -154,16 +157,19 @@ class Gateway:
                 )
             label = route.served_name
             if endpoint not in route.endpoints:
-                raise GatewayError(400, f"model '{inference.model}' does not serve {endpoint}", param="model")
-            upstreams = await self._ready_upstreams(route)
-            response, outcome = await self._proxy(request, route, inference, raw, upstreams, started)
+                raise OpenAIError(400, f"model '{inference.model}' does not serve {endpoint}", param="model")
+            raw = shape_for(inference, route)
+            await self._ready_upstreams(route)
+            response, outcome = await self._proxy(request, route, inference, raw, started)
             status = str(outcome.status)
             self._observe(label, endpoint, outcome, started)
             return response
-        except GatewayError as exc:
+        except OpenAIError as exc:
             status = str(exc.status)
             raise
-        except ConnectionResetError:
+        except (ConnectionResetError, asyncio.CancelledError):
+            # A client that hangs up while held (cold start, every slot busy) cancels its
+            # handler: a 499 in the metrics, and its place in line is given up.
             status = str(CLIENT_CLOSED)
             raise
         finally:
@@ -187,8 +193,8 @@ class Gateway:
             self.metrics.queue_wait.labels(name).observe(time.monotonic() - waited)
         if not upstreams:
             if why := self.discovery.unavailable(name):
-                raise GatewayError(503, f"model '{name}' cannot start: {why}", code="model_unavailable")
-            raise GatewayError(
+                raise OpenAIError(503, f"model '{name}' cannot start: {why}", code="model_unavailable")
+            raise OpenAIError(
                 503,
                 f"no replica of '{name}' became ready within {route.cold_start_timeout:g}s",
                 code="model_unavailable",
@@ -202,13 +208,66 @@ class Gateway:
         assert choice is not None
         return next(u for u in upstreams if u.replica_id == choice.replica_id)
 
+    def _take_now(
+        self, route: ModelRoute, inference: InferenceRequest, tried: set[str]
+    ) -> Callable[[], Upstream | None]:
+        """A picker over the replicas with a free slot; it claims the slot it picks."""
+        name, limit = route.served_name, route.concurrency
+
+        def pick() -> Upstream | None:
+            free = [
+                u
+                for u in self.discovery.upstreams(name)
+                if u.replica_id not in tried
+                and (limit is None or self.load.replica_load(u.replica_id) < limit)
+            ]
+            if not free:
+                return None
+            upstream = self._pick(route, free, inference)
+            self.load.start(name, upstream.replica_id)
+            self.metrics.in_flight.labels(name).inc()
+            return upstream
+
+        return pick
+
+    async def _take_slot(
+        self, route: ModelRoute, inference: InferenceRequest, tried: set[str]
+    ) -> Upstream | None:
+        """A replica with a free slot, queueing first come, first served while all are busy.
+
+        None when no untried replica is left (a retry after the only one failed).
+        """
+        name = route.served_name
+        pick = self._take_now(route, inference, tried)
+        if not self.slots.waiting(name) and (upstream := pick()) is not None:
+            return upstream
+        if not [u for u in self.discovery.upstreams(name) if u.replica_id not in tried]:
+            return None
+        self.load.queued[name] += 1
+        self.metrics.queued.labels(name).inc()
+        waited = time.monotonic()
+        try:
+            upstream = await self.slots.take(name, pick, route.cold_start_timeout)
+        finally:
+            self.load.queued[name] -= 1
+            self.metrics.queued.labels(name).dec()
+            self.metrics.queue_wait.labels(name).observe(time.monotonic() - waited)
+        if upstream is None:
+            raise OpenAIError(
+                503,
+                f"every replica of '{name}' is busy ({route.concurrency} requests each) and none "
+                f"freed up within {route.cold_start_timeout:g}s",
+                code="model_overloaded",
+                retry_after=COLD_START_RETRY_AFTER,
+            )
+        return upstream
+
     async def _proxy(
         self,
         request: web.Request,
         route: ModelRoute,
         inference: InferenceRequest,
         raw: bytes,
-        upstreams: list[Upstream],
         started: float,
     ) -> tuple[web.StreamResponse, Outcome]:
         assert self._session is not None
@@ -216,16 +275,10 @@ class Gateway:
         tried: set[str] = set()
         last_error = ""
         for _ in range(ATTEMPTS):
-            candidates = [u for u in upstreams if u.replica_id not in tried]
-            if not candidates:
-                upstreams = [u for u in self.discovery.upstreams(name) if u.replica_id not in tried]
-                candidates = upstreams
-            if not candidates:
+            upstream = await self._take_slot(route, inference, tried)
+            if upstream is None:
                 break
-            upstream = self._pick(route, candidates, inference)
             tried.add(upstream.replica_id)
-            self.load.start(name, upstream.replica_id)
-            self.metrics.in_flight.labels(name).inc()
             try:
                 response, outcome = await forward(
                     self._session, request, inference, raw, upstream, route.request_timeout, started
@@ -238,11 +291,12 @@ class Gateway:
             finally:
                 self.load.finish(name, upstream.replica_id)
                 self.metrics.in_flight.labels(name).dec()
+                self.slots.released(name)
             if outcome.failure:
                 self.metrics.upstream_errors.labels(name).inc()
                 self.discovery.report_failure(upstream, outcome.failure)
             return response, outcome
-        raise GatewayError(
+        raise OpenAIError(
             502, f"no replica of '{name}' could serve the request: {last_error}", code="upstream_error"
         )
 

@@ -27,6 +27,10 @@ class ModelRoute:
     cold_start_timeout: float
     request_timeout: float
     created: float
+    concurrency: int | None = None  # requests one replica takes at once; the gateway queues the rest
+    context_length: int | None = None  # prompt + completion tokens, when known
+    default_max_tokens: int | None = None  # set on requests that give no max_tokens
+    multiple_choices: bool = True  # the engine honours n > 1
 
 
 class Discovery(Protocol):

@@ -1,4 +1,4 @@
-"""OpenAI's documented sampling parameters, checked before a request reaches an engine.
+"""OpenAI's documented request parameters, checked before a request reaches an engine.
 
 Engines disagree on bad input: llama-cpp-python answers a string temperature with a
 500 carrying its source path, and treats a negative ``max_tokens`` as no limit. The
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiplane.gateway.errors import GatewayError
+from aiplane.openai_errors import OpenAIError
 
 # name -> (low, high), inclusive, as OpenAI documents them
 NUMBER_RANGES: dict[str, tuple[float, float]] = {
@@ -21,7 +21,7 @@ NUMBER_RANGES: dict[str, tuple[float, float]] = {
 }
 POSITIVE_INTEGERS = ("max_tokens", "max_completion_tokens", "n", "best_of")
 INTEGERS = ("seed", "top_logprobs")
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 MAX_STOP = 4
 
 
@@ -33,8 +33,8 @@ def _is_integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _bad(name: str, expected: str, value: object) -> GatewayError:
-    return GatewayError(400, f"'{name}' must be {expected} (got {value!r})", param=name)
+def _bad(name: str, expected: str, value: object) -> OpenAIError:
+    return OpenAIError(400, f"'{name}' must be {expected} (got {value!r})", param=name)
 
 
 def check_parameters(body: dict[str, Any]) -> None:
@@ -63,14 +63,52 @@ def check_parameters(body: dict[str, Any]) -> None:
         and all(k.isdigit() and _is_number(v) and -100 <= v <= 100 for k, v in bias.items())
     ):
         raise _bad("logit_bias", "an object of token ids to numbers from -100 to 100", bias)
+    _check_response_format(body.get("response_format"))
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise _bad("stream_options", "an object", options)
+        if options.get("include_usage") is not None and not isinstance(options["include_usage"], bool):
+            raise _bad("stream_options.include_usage", "a boolean", options["include_usage"])
+    tools = body.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        raise _bad("tools", "an array of tool objects", tools)
 
 
-def check_messages(messages: list[Any]) -> None:
-    """Each chat message is an object with a known role (the engine checks the content)."""
-    for i, message in enumerate(messages):
-        name = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise _bad(name, "an object with 'role' and 'content'", message)
-        role = message.get("role")
-        if role not in ROLES:
-            raise _bad(f"{name}.role", f"one of {', '.join(sorted(ROLES))}", role)
+def _check_response_format(fmt: object) -> None:
+    """``text``, ``json_object``, or ``json_schema`` with a named schema, as OpenAI takes them."""
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict):
+        raise _bad("response_format", "an object with a 'type'", fmt)
+    kind = fmt.get("type")
+    if kind not in RESPONSE_FORMATS:
+        raise _bad("response_format.type", f"one of {', '.join(RESPONSE_FORMATS)}", kind)
+    if kind != "json_schema":
+        return
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict):
+        raise _bad("response_format.json_schema", "an object with a 'name'", spec)
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise _bad("response_format.json_schema.name", "a non-empty string", spec.get("name"))
+    if spec.get("schema") is not None and not isinstance(spec["schema"], dict):
+        raise _bad("response_format.json_schema.schema", "an object (a JSON schema)", spec["schema"])
+    if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+        raise _bad("response_format.json_schema.strict", "a boolean", spec["strict"])
+
+
+def max_depth(value: object, limit: int) -> int:
+    """How deeply ``value`` nests (a scalar is 0), counted up to just past ``limit``:
+    iterative, so no body can exhaust the stack the way json.loads can."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest

@@ -1,15 +1,16 @@
-"""Forward one request to a replica: bytes through as they arrive, never buffered.
+"""Forward one request to a replica; a stream goes through event by event, never buffered.
 
 A connection failure before any byte reached the client is retried once on another
-replica; a failure mid-stream ends that stream with an OpenAI error event, and the
-replica is reported so the next requests avoid it.
+replica; a stream that fails after that (the connection breaks, the engine errs or ends
+without ``[DONE]``) ends with an OpenAI error event instead of ``[DONE]``, and the
+replica is reported so the next requests avoid it. A client that leaves cancels the
+upstream request: closing the connection is what stops an engine generating.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
-import re
 import time
 from dataclasses import dataclass
 
@@ -17,12 +18,15 @@ import aiohttp
 from aiohttp import web
 
 from aiplane.gateway.discovery import Upstream
-from aiplane.gateway.errors import GatewayError, error_body
+from aiplane.gateway.relay import StreamRelay
 from aiplane.gateway.requests import InferenceRequest
+from aiplane.gateway.upstream_errors import openai_error
+from aiplane.openai_errors import OpenAIError
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request", in metrics only
 CONNECT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
-TRACE_FRAME = re.compile(r'^\s*File "[^"]*", line \d+')
+AFTER_DONE = 2.0  # how long an engine may keep a stream open after [DONE] before it counts as ended
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class UpstreamUnavailable(Exception):
@@ -38,48 +42,38 @@ class Outcome:
     failure: str | None = None  # set when the replica failed after the client saw bytes
 
 
-def _count_stream_tokens(chunk: bytes) -> int:
-    """Content-bearing SSE events in a chunk: one token each for llama.cpp and vLLM."""
-    return (
-        chunk.count(b'"content": "')
-        + chunk.count(b'"content":"')
-        - chunk.count(b'"content": ""')
-        - chunk.count(b'"content":""')
-    )
+def _client_left(request: web.Request) -> bool:
+    """A cancelled handler whose client is gone (aiohttp's handler_cancellation), as
+    opposed to one cancelled by a shutdown, which must stay cancelled."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
-def _without_traceback(message: str) -> str:
-    """Drop the stack frames some engines put in error messages (llama-cpp-python does)."""
-    kept: list[str] = []
-    in_frame = False
-    for line in message.splitlines():
-        if line.startswith("Traceback (most recent call last)") or TRACE_FRAME.match(line):
-            in_frame = True
-        elif not (in_frame and line.startswith("    ")):  # a frame's source line follows it
-            in_frame = False
-            kept.append(line)
-    return "\n".join(kept).strip()
-
-
-def _openai_error_bytes(status: int, raw: bytes) -> bytes:
-    """Upstream error bodies in OpenAI's shape (FastAPI's ``detail`` is rewrapped), minus
-    any stack frames: no traceback reaches a client."""
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        data = None
-    if isinstance(data, dict) and isinstance(error := data.get("error"), dict):
-        if (
-            isinstance(message := error.get("message"), str)
-            and (clean := _without_traceback(message)) != message
-        ):
-            return json.dumps({**data, "error": {**error, "message": clean}}).encode()
-        return raw
-    message = data.get("detail") if isinstance(data, dict) else raw.decode(errors="replace")[:500]
-    return json.dumps(error_body(status, f"upstream: {_without_traceback(str(message))}")).encode()
+def _accept_hang_up() -> None:
+    """The cancellation was a hang-up, handled here: the handler finishes normally."""
+    if (task := asyncio.current_task()) is not None:
+        task.uncancel()
 
 
 async def forward(
+    session: aiohttp.ClientSession,
+    request: web.Request,
+    inference: InferenceRequest,
+    raw: bytes,
+    upstream: Upstream,
+    timeout: float,
+    started: float,
+) -> tuple[web.StreamResponse, Outcome]:
+    try:
+        return await _forward(session, request, inference, raw, upstream, timeout, started)
+    except asyncio.CancelledError:
+        if not _client_left(request):
+            raise
+        _accept_hang_up()  # leaving _forward closed the upstream connection: generation stops
+        return web.Response(status=CLIENT_CLOSED), Outcome(CLIENT_CLOSED)
+
+
+async def _forward(
     session: aiohttp.ClientSession,
     request: web.Request,
     inference: InferenceRequest,
@@ -96,8 +90,8 @@ async def forward(
     except CONNECT_ERRORS as exc:
         raise UpstreamUnavailable(f"{upstream.replica_id}: {exc.__class__.__name__}: {exc}") from exc
     except TimeoutError as exc:
-        raise GatewayError(504, f"upstream {upstream.replica_id} timed out after {timeout:g}s") from exc
-    async with upstream_resp:
+        raise OpenAIError(504, f"upstream {upstream.replica_id} timed out after {timeout:g}s") from exc
+    async with upstream_resp:  # leaving it early (a hang-up, an error) closes the connection
         ctype = upstream_resp.headers.get("Content-Type", "application/json")
         if upstream_resp.status >= 400 or "text/event-stream" not in ctype:
             try:
@@ -105,79 +99,139 @@ async def forward(
             except CONNECT_ERRORS as exc:
                 raise UpstreamUnavailable(f"{upstream.replica_id}: {exc}") from exc
             except TimeoutError as exc:
-                raise GatewayError(
+                raise OpenAIError(
                     504, f"upstream {upstream.replica_id} timed out after {timeout:g}s"
                 ) from exc
-            outcome = Outcome(upstream_resp.status)
-            if upstream_resp.status >= 400:
-                body = _openai_error_bytes(upstream_resp.status, body)
-            else:
+            status = upstream_resp.status
+            if status >= 400:
+                status, body = openai_error(status, body)
+            outcome = Outcome(status)
+            if status < 400:
                 _usage(body, outcome)
-            resp = web.Response(body=body, status=upstream_resp.status, content_type="application/json")
+            resp = web.Response(body=body, status=status, content_type="application/json")
             return resp, outcome
-        return await _stream(request, upstream_resp, upstream, started, timeout)
-
-
-async def _end_with(resp: web.StreamResponse, event: dict[str, object]) -> None:
-    """End a stream the client already reads with an OpenAI error event, not a hang."""
-    with contextlib.suppress(ConnectionResetError):
-        await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        return await _stream(request, inference, upstream_resp, upstream, started, timeout)
 
 
 def _usage(body: bytes, outcome: Outcome) -> None:
     try:
         usage = json.loads(body).get("usage") or {}
-    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError, RecursionError):
         return
     outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
     outcome.completion_tokens = int(usage.get("completion_tokens") or 0)
 
 
+class _ClientLeft(Exception):
+    """Writing to the client failed: it hung up (not the replica's fault)."""
+
+
+class _Client:
+    """The client's end of a stream: headers go out with the first event."""
+
+    def __init__(self, request: web.Request, outcome: Outcome, started: float, status: int) -> None:
+        self.request, self.outcome, self.started = request, outcome, started
+        self.resp = web.StreamResponse(status=status, headers=SSE_HEADERS)
+        self.prepared = False
+        self.ended = False  # every event went out; only the chunked terminator may be left
+
+    async def send(self, data: bytes) -> None:
+        try:
+            if not self.prepared:
+                await self.resp.prepare(self.request)
+                self.prepared = True
+                self.outcome.ttft = time.monotonic() - self.started
+            if data:
+                await self.resp.write(data)
+        except ConnectionResetError as exc:
+            raise _ClientLeft from exc
+
+    async def end(self, data: bytes) -> None:
+        await self.send(data)
+        self.ended = True
+        try:
+            await self.resp.write_eof()
+        except ConnectionResetError as exc:
+            raise _ClientLeft from exc
+
+
 async def _stream(
     request: web.Request,
+    inference: InferenceRequest,
     upstream_resp: aiohttp.ClientResponse,
     upstream: Upstream,
     started: float,
     timeout: float,
 ) -> tuple[web.StreamResponse, Outcome]:
-    resp = web.StreamResponse(
-        status=upstream_resp.status,
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
     outcome = Outcome(upstream_resp.status)
-    prepared = False
+    client = _Client(request, outcome, started, upstream_resp.status)
+    relay = StreamRelay(include_usage=inference.include_usage)
+    failed_status = 502
     try:
-        async for chunk in upstream_resp.content.iter_any():
-            outcome.completion_tokens += _count_stream_tokens(chunk)
-            try:
-                if not prepared:
-                    await resp.prepare(request)
-                    prepared = True
-                    outcome.ttft = time.monotonic() - started
-                await resp.write(chunk)
-            except ConnectionResetError:  # the client left: not the replica's fault
-                outcome.status = CLIENT_CLOSED
-                upstream_resp.close()  # stop generating for nobody
-                return resp, outcome
-    except CONNECT_ERRORS as exc:
-        if not prepared:
-            raise UpstreamUnavailable(f"{upstream.replica_id}: {exc}") from exc
-        event = error_body(502, f"replica {upstream.replica_id} failed mid-stream: {exc.__class__.__name__}")
-        await _end_with(resp, event)
-        outcome.status, outcome.failure = 502, f"mid-stream: {exc.__class__.__name__}: {exc}"
-    except TimeoutError as exc:
-        message = f"upstream {upstream.replica_id} timed out after {timeout:g}s"
-        if not prepared:
-            raise GatewayError(504, message) from exc
-        await _end_with(resp, error_body(504, message))
-        outcome.status, outcome.failure = 504, "timed out mid-stream"
-    try:
-        if not prepared:
-            await resp.prepare(request)
-        await resp.write_eof()
-    except ConnectionResetError:
-        # Every event was written; a client that hangs up on ``[DONE]`` (the openai
-        # client does) only misses the chunked terminator, so the answer stands.
-        if not prepared:
+        try:
+            while chunk := await _next_chunk(upstream_resp, relay.done):
+                if out := relay.feed(chunk):
+                    await client.send(out)
+                if relay.error is not None:
+                    break
+        except CONNECT_ERRORS as exc:
+            if not client.prepared:
+                raise UpstreamUnavailable(f"{upstream.replica_id}: {exc}") from exc
+            relay.broken(f"replica {upstream.replica_id} failed mid-stream: {exc.__class__.__name__}")
+        except TimeoutError as exc:
+            message = f"upstream {upstream.replica_id} timed out after {timeout:g}s"
+            if not client.prepared:
+                raise OpenAIError(504, message) from exc
+            relay.broken(message, status=504)
+            failed_status = 504
+        end = relay.finish()
+        if not client.prepared and relay.truncated:
+            raise UpstreamUnavailable(f"{upstream.replica_id}: the stream ended before any event")
+        if relay.error is not None:
+            _failed(outcome, relay, early=not client.prepared, status=failed_status)
+            if not client.prepared:
+                status = outcome.status
+                return web.json_response(relay.error, status=status), _counted(outcome, relay)
+        await client.end(end)
+    except (_ClientLeft, asyncio.CancelledError) as exc:
+        # The client left. Once every event was written, a client that hangs up on
+        # ``[DONE]`` (the openai client does) only misses the chunked terminator: the
+        # answer stands. Before that it is a 499; leaving closes the upstream connection.
+        if isinstance(exc, asyncio.CancelledError):
+            if not _client_left(request):
+                raise
+            _accept_hang_up()
+        upstream_resp.close()
+        if not client.ended:
             outcome.status = CLIENT_CLOSED
-    return resp, outcome
+    return client.resp, _counted(outcome, relay)
+
+
+def _counted(outcome: Outcome, relay: StreamRelay) -> Outcome:
+    outcome.prompt_tokens = relay.prompt_tokens or 0
+    outcome.completion_tokens = relay.completion_tokens
+    return outcome
+
+
+async def _next_chunk(upstream_resp: aiohttp.ClientResponse, done: bool) -> bytes:
+    """The next bytes of the engine's stream, b"" at its end. After ``[DONE]`` the end is
+    awaited only briefly: an engine that keeps the connection open has still answered."""
+    if not done:
+        return await upstream_resp.content.readany()
+    try:
+        async with asyncio.timeout(AFTER_DONE):
+            return await upstream_resp.content.readany()
+    except TimeoutError:
+        return b""
+
+
+def _failed(outcome: Outcome, relay: StreamRelay, *, early: bool, status: int) -> None:
+    """A stream that did not complete: the replica is at fault (and reported) unless the
+    engine rejected the request before streaming anything, which is a plain 400."""
+    if early and relay.error_is_clients:
+        outcome.status = 400
+        return
+    error = relay.error.get("error") if relay.error else None
+    message = error.get("message") if isinstance(error, dict) else None
+    outcome.status = status
+    outcome.failure = f"stream failed: {message}"

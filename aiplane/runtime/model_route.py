@@ -9,13 +9,18 @@ from aiplane.policies.routing import router_for
 
 
 def model_route(model: Model, owner: str, created: float, engines: EngineRegistry) -> ModelRoute:
-    """Served name, engine endpoints, routing policy and timeouts of one Model."""
+    """Served name, engine endpoints, routing policy, limits and timeouts of one Model."""
+    engine = engines.get(model.spec.engine)
     return ModelRoute(
         served_name=model.served_name,
         owner=owner,
-        endpoints=engines.get(model.spec.engine).endpoints,
+        endpoints=engine.endpoints,
         router=router_for(model.spec.routing.strategy),
         cold_start_timeout=parse_duration(model.spec.timeouts.cold_start),
         request_timeout=parse_duration(model.spec.timeouts.request),
         created=created,
+        concurrency=model.spec.concurrency or engine.default_concurrency,
+        context_length=model.spec.context_length or engine.default_context,
+        default_max_tokens=model.spec.default_max_tokens,
+        multiple_choices=engine.multiple_choices,
     )

@@ -74,6 +74,10 @@ class ModelBuilder:
         self._spec["contextLength"] = tokens
         return self
 
+    def concurrency(self, requests: int) -> ModelBuilder:
+        self._spec["concurrency"] = requests
+        return self
+
     def replicas(self, min: int, max: int) -> ModelBuilder:
         self._spec["replicas"] = {"min": min, "max": max}
         return self

@@ -1,26 +1,54 @@
-"""A tiny in-process OpenAI server on loopback, to put behind the gateway in unit tests.
+"""A tiny in-process OpenAI server on loopback to put behind the gateway, and the harness
+that runs a gateway in front of it, in unit tests.
 
-It answers ``/v1/chat/completions`` the way llama.cpp and vLLM do: JSON with ``usage``,
-or an SSE stream of chunks with small sleeps between them. ``mode`` makes it misbehave:
-``drop`` closes the connection after the first chunk, ``slow`` waits ``chunk_delay``
-before answering, ``detail422`` answers FastAPI's ``{"detail": ...}``, ``openai-error``
-an OpenAI-shaped 400, ``leaky500`` a 500 whose message carries a stack frame (as
-llama-cpp-python's do), and ``linger`` holds the connection open for ``chunk_delay``
-after ``[DONE]`` (a client may leave before the stream's last empty chunk).
+It answers ``/v1/chat/completions`` and ``/v1/completions`` the way llama.cpp and vLLM do:
+JSON with ``usage``, or an SSE stream of chunks with small sleeps between them, ending
+with a usage chunk when asked (``stream_options.include_usage``, as vLLM does) and
+``[DONE]``. ``mode`` makes it misbehave:
+
+* ``drop`` closes the connection after the first chunk; ``linger`` holds it open for
+  ``chunk_delay`` after ``[DONE]`` (a client may leave before the last empty chunk);
+* ``slow`` waits ``chunk_delay`` before answering (``disconnected_at`` records when the
+  gateway hung up on it);
+* ``detail422`` answers FastAPI's ``{"detail": ...}``, ``openai-error`` an OpenAI-shaped
+  400, ``leaky500`` a 500 whose message carries a stack frame (as llama-cpp-python's
+  do), ``reply`` answers ``reply`` (a status and a JSON body, or bytes as text) verbatim;
+* ``script`` streams the byte pieces of ``script`` verbatim, ``chunk_delay`` apart;
+* ``no-usage`` ignores ``stream_options`` (llama-cpp-python), ``usage-attached`` puts
+  ``usage`` on the last content chunk whatever was asked (llama-server).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import AppRunner
+from builders import InMemoryDiscovery
+from prometheus_client.parser import text_string_to_metric_families
 
+from aiplane.gateway import Gateway, GatewayConfig
 from aiplane.gateway.discovery import Upstream
 
-Mode = Literal["ok", "drop", "slow", "detail422", "openai-error", "linger", "leaky500"]
+Mode = Literal[
+    "ok",
+    "drop",
+    "slow",
+    "detail422",
+    "openai-error",
+    "linger",
+    "leaky500",
+    "reply",
+    "script",
+    "no-usage",
+    "usage-attached",
+]
 PROMPT_TOKENS, COMPLETION_TOKENS = 7, 3
 DETAIL = [{"loc": ["body", "temperature"], "msg": "Input should be less than or equal to 2"}]
 OPENAI_ERROR = {"error": {"message": "bad n", "type": "invalid_request_error", "param": "n", "code": None}}
@@ -42,27 +70,46 @@ def sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
-def delta(name: str, content: str) -> bytes:
+def delta(name: str, content: str, **extra: Any) -> bytes:
     return sse(
         {
             "id": name,
             "object": "chat.completion.chunk",
+            "model": "m",
             "choices": [{"index": 0, "delta": {"content": content}}],
+            **extra,
         }
     )
 
 
+def usage(prompt: int = PROMPT_TOKENS, completion: int = COMPLETION_TOKENS) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
 class FakeOpenAI:
-    def __init__(self, name: str, *, mode: Mode = "ok", chunk_delay: float = 0.05, chunks: int = 3) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        mode: Mode = "ok",
+        chunk_delay: float = 0.05,
+        chunks: int = 3,
+        script: list[bytes] | None = None,
+        reply: tuple[int, Any] | None = None,
+    ) -> None:
         self.name, self.mode, self.chunk_delay, self.chunks = name, mode, chunk_delay, chunks
+        self.script, self.reply = script or [], reply
         self.requests: list[dict[str, Any]] = []
         self.stream_finished = asyncio.Event()
+        self.finished_at: float | None = None  # when [DONE] was written
+        self.disconnected_at: float | None = None  # when the gateway hung up mid-request
         self._server: TestServer | None = None
 
     async def start(self) -> Upstream:
         app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        self._server = TestServer(app, host="127.0.0.1")
+        app.router.add_post("/v1/chat/completions", self._answer)
+        app.router.add_post("/v1/completions", self._answer)
+        self._server = TestServer(app, host="127.0.0.1")  # cancels a handler on hang-up
         await self._server.start_server()
         return Upstream(self.name, f"http://127.0.0.1:{self._server.port}")
 
@@ -70,7 +117,14 @@ class FakeOpenAI:
         if self._server is not None:
             await self._server.close()
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._respond(request)
+        except asyncio.CancelledError:
+            self.disconnected_at = time.monotonic()
+            raise
+
+    async def _respond(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
         if self.mode == "detail422":
@@ -79,27 +133,35 @@ class FakeOpenAI:
             return web.json_response(OPENAI_ERROR, status=400)
         if self.mode == "leaky500":
             return web.json_response(LEAKY_500, status=500)
+        if self.mode == "reply" and self.reply is not None:
+            status, payload = self.reply
+            if isinstance(payload, bytes):
+                return web.Response(body=payload, status=status, content_type="text/plain")
+            return web.json_response(payload, status=status)
         if self.mode == "slow":
             await asyncio.sleep(self.chunk_delay)
         if body.get("stream"):
-            return await self._stream(request)
+            return await self._stream(request, body)
+        if request.path == "/v1/completions":
+            choice: dict[str, Any] = {"index": 0, "text": "hi", "finish_reason": "stop"}
+            kind = "text_completion"
+        else:
+            choice = {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+            kind = "chat.completion"
         return web.json_response(
-            {
-                "id": self.name,
-                "object": "chat.completion",
-                "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
-                "usage": {
-                    "prompt_tokens": PROMPT_TOKENS,
-                    "completion_tokens": COMPLETION_TOKENS,
-                    "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
-                },
-            }
+            {"id": self.name, "object": kind, "model": body["model"], "choices": [choice], "usage": usage()}
         )
 
-    async def _stream(self, request: web.Request) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        if self.mode == "script":
+            for i, piece in enumerate(self.script):
+                if i:
+                    await asyncio.sleep(self.chunk_delay)
+                await resp.write(piece)
+            await resp.write_eof()
+            return resp
         await resp.write(delta(self.name, "tok0"))
         if self.mode == "drop":
             await asyncio.sleep(0.05)  # let the first chunk reach the gateway
@@ -108,11 +170,84 @@ class FakeOpenAI:
             return resp
         for i in range(1, self.chunks):
             await asyncio.sleep(self.chunk_delay)
-            await resp.write(delta(self.name, f"tok{i}"))
+            last = i == self.chunks - 1 and self.mode == "usage-attached"
+            await resp.write(delta(self.name, f"tok{i}", **({"usage": usage()} if last else {})))
         await asyncio.sleep(self.chunk_delay)
+        options = body.get("stream_options") or {}
+        if options.get("include_usage") and self.mode not in ("no-usage", "usage-attached"):
+            chunk = {"id": self.name, "object": "chat.completion.chunk", "model": "m", "choices": []}
+            await resp.write(sse({**chunk, "usage": usage()}))
         await resp.write(sse("[DONE]"))
+        self.finished_at = time.monotonic()
         self.stream_finished.set()
         if self.mode == "linger":
             await asyncio.sleep(self.chunk_delay)
         await resp.write_eof()
         return resp
+
+
+StartUpstream = Callable[..., Awaitable[tuple[FakeOpenAI, Upstream]]]
+
+
+@asynccontextmanager
+async def fake_upstreams() -> AsyncIterator[StartUpstream]:
+    """``fake, up = await start("r1", mode="drop")``: started now, closed on exit."""
+    started: list[FakeOpenAI] = []
+
+    async def start(name: str, **options: Any) -> tuple[FakeOpenAI, Upstream]:
+        fake = FakeOpenAI(name, **options)
+        started.append(fake)
+        return fake, await fake.start()
+
+    try:
+        yield start
+    finally:
+        for fake in started:
+            await fake.close()
+
+
+class GatewayServer(TestServer):
+    """A TestServer run the way ``aiplane up`` and ``aiplane gateway`` run the gateway
+    (``aio.serve_app``): a client that hangs up cancels its handler."""
+
+    async def _make_runner(self, **kwargs: Any) -> AppRunner:
+        kwargs["handler_cancellation"] = True
+        return AppRunner(self.app, **kwargs)
+
+
+@asynccontextmanager
+async def gateway(
+    discovery: InMemoryDiscovery, config: GatewayConfig | None = None
+) -> AsyncIterator[tuple[TestClient, Gateway]]:
+    gw = Gateway(discovery=discovery, config=config or GatewayConfig())
+    client = TestClient(GatewayServer(gw.app(), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        yield client, gw
+    finally:
+        await client.close()
+
+
+def metric(text: str, sample_name: str, **labels: str) -> float:
+    """One sample's value from a Prometheus exposition; 0 when the series does not exist."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == sample_name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def assert_openai_error(body: dict[str, Any], *, type_: str, code: str | None = None) -> str:
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == type_
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+    return error["message"]
+
+
+def events(body: bytes) -> list[str]:
+    """The ``data:`` payloads of an SSE body, in order."""
+    text = body.decode().replace("\r\n", "\n")
+    return [e.removeprefix("data: ") for e in text.split("\n\n") if e.startswith("data: ")]

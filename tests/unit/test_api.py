@@ -120,7 +120,7 @@ def test_defaults_fill_a_minimal_model() -> None:
         pytest.param(
             HEAD + "spec: {engine: foo, source: pkg://a/b}\n",
             "model.yaml: Model/smollm2: spec.engine: must be one of 'vllm', 'tgi', 'sglang', "
-            "'llamacpp', 'embeddings' or 'custom' (got 'foo')",
+            "'llamacpp', 'llamacpp-python', 'embeddings' or 'custom' (got 'foo')",
             id="unknown-engine",
         ),
         pytest.param(
@@ -348,6 +348,14 @@ def test_model_schema_has_aliases_and_engine_enum() -> None:
     assert "gpuModel" in defs["ModelResources"]["properties"]
     assert "scale_to_zero_after" not in defs["Autoscaling"]["properties"]
     engine = defs["ModelSpec"]["properties"]["engine"]
-    assert set(engine["enum"]) == {"vllm", "tgi", "sglang", "llamacpp", "embeddings", "custom"}
+    assert set(engine["enum"]) == {
+        "vllm",
+        "tgi",
+        "sglang",
+        "llamacpp",
+        "llamacpp-python",
+        "embeddings",
+        "custom",
+    }
     assert set(defs["ModelSpec"]["required"]) == {"engine", "source"}
     assert schema["properties"]["kind"]["const"] == "Model"

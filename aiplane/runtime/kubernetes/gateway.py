@@ -55,19 +55,11 @@ async def serve(
     try:
         async with Kube.connect(kubeconfig) as kube:
             discovery = KubernetesDiscovery(kube, namespace)
-            runner = web.AppRunner(build_app(discovery, keys), access_log=None, handle_signals=False)
-            await runner.setup()  # the first refresh: fails here on bad credentials or RBAC
-            try:
-                site = web.TCPSite(runner, host, port, reuse_address=True)
-                try:
-                    await site.start()
-                except OSError as exc:
-                    raise AiplaneError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+            # The first refresh runs at setup: it fails here on bad credentials or RBAC.
+            async with aio.serve_app(build_app(discovery, keys), host, port, handler_cancellation=True):
                 scope = f"namespace {namespace}" if namespace else "all namespaces"
                 log.info("gateway on http://%s:%d, routing Models in %s", host, port, scope)
                 await stop.wait()
-            finally:
-                await runner.cleanup()
     finally:
         remove_stop_signals(signals)
 

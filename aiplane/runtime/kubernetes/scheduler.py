@@ -22,6 +22,7 @@ controller recreates it and it joins its running peers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -42,6 +43,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from aiplane import aio
 from aiplane.aio import install_stop_signals, remove_stop_signals
 from aiplane.errors import AiplaneError, KubernetesError
 from aiplane.policies.scheduling.nodes import GangFit, Profile, place_gangs
@@ -341,22 +343,12 @@ async def serve(
         async with Kube.connect(kubeconfig) as kube:
             metrics = SchedulerMetrics()
             scheduler = Scheduler(kube, metrics, interval=interval)
-            runner: web.AppRunner | None = None
-            if health_address:
-                host, port = split_address(health_address)
-                runner = web.AppRunner(health_app(scheduler, metrics), access_log=None, handle_signals=False)
-                await runner.setup()
-                try:
-                    await web.TCPSite(runner, host, port, reuse_address=True).start()
-                except OSError as exc:
-                    await runner.cleanup()
-                    raise AiplaneError(f"cannot listen on {health_address}: {exc.strerror}") from exc
-                log.info("health and metrics on http://%s:%d", host, port)
-            try:
+            async with contextlib.AsyncExitStack() as stack:
+                if health_address:
+                    host, port = split_address(health_address)
+                    await stack.enter_async_context(aio.serve_app(health_app(scheduler, metrics), host, port))
+                    log.info("health and metrics on http://%s:%d", host, port)
                 await scheduler.run(stop)
-            finally:
-                if runner is not None:
-                    await runner.cleanup()
     finally:
         remove_stop_signals(signals)
     log.info("aiplane scheduler stopped")

@@ -58,7 +58,7 @@ class LocalController:
         self._states: dict[str, AutoscalerState] = {}
         self._draining: dict[str, float] = {}
         self._last_reason: dict[str, str] = {}
-        self._seen: dict[str, tuple[State, bool]] = {}
+        self._seen: dict[str, State] = {}
         self._shares: dict[str, float] = {}
         self._written: dict[str, tuple[object, ...]] = {}
         self.autoscaler = ConcurrencyAutoscaler()
@@ -81,16 +81,17 @@ class LocalController:
                     replica.launch.argv,
                 )
             )  # fmt: skip
-        if self._seen.get(replica.id) == (replica.state, replica.suspect):
+        if self._seen.get(replica.id) == replica.state:
             return  # same state, new detail (pid, restarts): stored, not evented
-        self._seen[replica.id] = (replica.state, replica.suspect)
+        recovered = self._seen.get(replica.id) is State.UNHEALTHY and replica.state is State.READY
+        self._seen[replica.id] = replica.state
         if replica.state is State.STOPPED:
             self._seen.pop(replica.id, None)
         reason = {State.READY: "ReplicaReady", State.CRASH_LOOP: "CrashLoopBackOff"}.get(
             replica.state, f"Replica{replica.state.value}"
         )
-        if replica.suspect:
-            reason = "ReplicaSuspect"
+        if recovered:
+            reason = "ReplicaRecovered"
         self.event(f"Model/{replica.model}", reason, f"{replica.id}: {replica.message or replica.state}")
         self.discovery.notify()
 

@@ -57,7 +57,7 @@ class LocalDiscovery:
         return ready
 
     def report_failure(self, upstream: Upstream, error: str) -> None:
-        self._supervisor.mark_suspect(upstream.replica_id, error)
+        self._supervisor.report_failure(upstream.replica_id, error)
 
     def unavailable(self, served_name: str) -> str | None:
         route = self._routes.get(served_name)

@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import web
-
 from aiplane import aio
 from aiplane.aio import install_stop_signals, remove_stop_signals
 from aiplane.api import AnyResource
@@ -77,38 +75,32 @@ async def serve(
         watchdog.watch(controller.supervisor.pids)
     signals = install_stop_signals(stop, on_repeat=watchdog.fire if watchdog else None)
     gateway = Gateway(controller.discovery, load=load, config=GatewayConfig(api_keys=options.api_keys))
-    # Held or streaming requests get SHUTDOWN_GRACE to finish; then the plane stops anyway.
-    runner = web.AppRunner(
-        gateway.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
-    )
     async with controller.supervisor:
         await controller.adopt_or_replace()
-        await runner.setup()
-        site = web.TCPSite(runner, options.host, options.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise RuntimeFailure(f"cannot listen on {options.host}:{options.port}: {exc.strerror}") from exc
-        address = f"http://{options.host}:{options.port}"
-        store.claim_plane(os.getpid(), address)
-        if options.on_ready:
-            options.on_ready(address)
-        task = asyncio.create_task(controller.run(), name="controller")
-        try:
-            await stop.wait()
-        finally:
-            if watchdog is not None:
-                watchdog.arm()
-            task.cancel()
-            if (await asyncio.wait({task}, timeout=CONTROLLER_STOP_TIMEOUT))[1]:
-                log.warning("the controller did not stop within %gs", CONTROLLER_STOP_TIMEOUT)
+        # Held or streaming requests get SHUTDOWN_GRACE to finish; then the plane stops anyway.
+        # A client that hangs up cancels its handler, and so the replica's generation.
+        async with aio.serve_app(
+            gateway.app(),
+            options.host,
+            options.port,
+            shutdown_timeout=SHUTDOWN_GRACE,
+            cleanup_timeout=2 * SHUTDOWN_GRACE + 1,  # aiohttp: drain, then cancel
+            handler_cancellation=True,
+        ):
+            address = f"http://{options.host}:{options.port}"
+            store.claim_plane(os.getpid(), address)
+            if options.on_ready:
+                options.on_ready(address)
+            task = asyncio.create_task(controller.run(), name="controller")
             try:
-                async with asyncio.timeout(2 * SHUTDOWN_GRACE + 1):  # aiohttp: drain, then cancel
-                    await runner.cleanup()
-            except TimeoutError:
-                log.warning("the gateway did not shut down within %gs", 2 * SHUTDOWN_GRACE + 1)
-            store.release_plane(os.getpid())
+                await stop.wait()
+            finally:
+                if watchdog is not None:
+                    watchdog.arm()
+                task.cancel()
+                if (await asyncio.wait({task}, timeout=CONTROLLER_STOP_TIMEOUT))[1]:
+                    log.warning("the controller did not stop within %gs", CONTROLLER_STOP_TIMEOUT)
+        store.release_plane(os.getpid())
     remove_stop_signals(signals)
 
 

@@ -4,6 +4,13 @@ One asyncio task per replica. A replica that keeps crashing goes to
 ``CrashLoopBackOff`` (visible in ``aiplane get`` and events) and is retried with a
 capped exponential backoff, as the kubelet does. Replicas left by a plane that died
 are adopted when they still answer their readiness probe.
+
+A failure the gateway reports is a signal, not a verdict: it starts a health check on
+the engine's health path (which answers while generation runs). Only a failed probe
+takes the replica out of routing, as ``Unhealthy``; it is re-probed with backoff until
+it recovers or, failing for ``FAIL_AFTER``, is killed and restarted, as a kubelet
+liveness probe would. Each step is a state and an event, so ``aiplane get replicas``
+and the gateway always agree on what serves.
 """
 
 from __future__ import annotations
@@ -35,11 +42,17 @@ READY_TIMEOUT = 600.0
 # loopback GET costs next to nothing), then every 0.5 s for slow loads.
 FAST_PROBE_FOR, FAST_PROBE, SLOW_PROBE = 10.0, 0.05, 0.5
 TASK_STOP_TIMEOUT = 10.0  # a replica task gets this long to unwind before its process is killed anyway
+# Health checks after a reported failure: first at once, then every 0.25 s doubling to
+# 4 s; a replica unhealthy for FAIL_AFTER is declared failed and restarted.
+RECHECK_FIRST, RECHECK_CAP, FAIL_AFTER = 0.25, 4.0, 30.0
+HEALTH_TIMEOUT = 2.0
 
 
 class State(StrEnum):
     STARTING = "Starting"
     READY = "Ready"
+    UNHEALTHY = "Unhealthy"  # failed a health check after a reported failure; not routed
+    FAILED = "Failed"  # unhealthy for too long: killed, to be restarted
     BACKOFF = "BackOff"
     CRASH_LOOP = "CrashLoopBackOff"
     DRAINING = "Draining"
@@ -63,7 +76,7 @@ class Replica:
     ready_at: float | None = None
     message: str = ""
     adopted: bool = False
-    suspect: bool = False  # the gateway saw a failure; unroutable until it probes ready
+    checking: bool = False  # a health check after a reported failure is running
     stopping: bool = False  # set before the task is cancelled: never (re)start it again
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -73,7 +86,7 @@ class Replica:
 
     @property
     def routable(self) -> bool:
-        return self.state is State.READY and not self.suspect
+        return self.state is State.READY
 
 
 Listener = Callable[[Replica], None]
@@ -177,22 +190,39 @@ class Supervisor:
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(rid) for rid in list(self.replicas)), *list(self._terminating))
 
-    def mark_suspect(self, replica_id: str, error: str) -> None:
+    def report_failure(self, replica_id: str, error: str) -> None:
+        """The gateway saw this replica fail: check its health now (once at a time)."""
         replica = self.replicas.get(replica_id)
-        if replica and replica.state is State.READY and not replica.suspect:
-            replica.suspect = True
-            replica.message = f"gateway saw a failure: {error}"
-            self._on_change(replica)
-            self._background.add(task := asyncio.create_task(self._recheck(replica)))
+        if replica and replica.state is State.READY and not replica.checking and not self._closing:
+            replica.checking = True
+            self._background.add(task := asyncio.create_task(self._check_health(replica, error)))
             task.add_done_callback(self._background.discard)
 
-    async def _recheck(self, replica: Replica) -> None:
-        """A suspect replica whose process lives and answers again is routable again."""
-        await asyncio.sleep(0.5)
-        if replica.pid and alive(replica.pid) and await self._probe(replica):
-            replica.suspect = False
-            replica.message = ""
-            self._on_change(replica)
+    async def _check_health(self, replica: Replica, error: str) -> None:
+        """Probe until healthy, re-probing with backoff; restart what stays unhealthy."""
+        try:
+            started, delay = time.monotonic(), RECHECK_FIRST
+            while replica.pid and alive(replica.pid) and not replica.stopping:
+                if await self._healthy(replica):
+                    if replica.state is State.UNHEALTHY:
+                        self._set(replica, State.READY, "recovered: health check passed")
+                    return
+                if replica.state is State.READY:
+                    self._set(replica, State.UNHEALTHY, f"health check failed after: {error}")
+                elif replica.state is not State.UNHEALTHY:
+                    return  # it exited or is draining: the supervisor's loop owns it now
+                if time.monotonic() - started >= FAIL_AFTER:
+                    self._set(replica, State.FAILED, f"unhealthy for {FAIL_AFTER:g}s after: {error}")
+                    await kill_group(replica.pid)  # the supervisor's loop restarts it
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECHECK_CAP)
+        finally:
+            replica.checking = False
+
+    async def _healthy(self, replica: Replica) -> bool:
+        url = replica.base_url + replica.launch.probes.health_path
+        return await probe(self.session, url, timeout=HEALTH_TIMEOUT)
 
     async def _probe(self, replica: Replica) -> bool:
         return await probe(self.session, replica.base_url + replica.launch.probes.ready_path)
@@ -248,7 +278,7 @@ class Supervisor:
                 else:
                     self._on_change(replica)
                     if await self._wait_ready(replica, proc):
-                        replica.ready_at, replica.suspect = time.time(), False
+                        replica.ready_at = time.time()
                         self._set(replica, State.READY, "")
                         await proc.wait()
                     elif proc.returncode is None:

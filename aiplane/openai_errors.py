@@ -41,10 +41,11 @@ def error_response(
     )
 
 
-class GatewayError(Exception):
+class OpenAIError(Exception):
     """Raised inside a handler to answer with an OpenAI error; never reaches the client raw.
 
-    Any aiplane server speaking the OpenAI API (the gateway, the embeddings engine) uses it.
+    Every aiplane server that speaks the OpenAI API (the gateway, the embeddings engine)
+    raises it, which is why it lives outside ``gateway/``.
     """
 
     def __init__(
