@@ -30,6 +30,7 @@ from aiplane.policies.routing import ReplicaLoad, RouteRequest
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024 * 1024
 ATTEMPTS = 2
+UPSTREAM_KEEPALIVE_S = 4.0
 COLD_START_RETRY_AFTER = 10.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -67,7 +68,10 @@ class Gateway:
         return app
 
     async def _start(self, _: web.Application) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=30)
+        # Idle upstream connections are dropped after 4 s: engines close theirs after 5 s
+        # (llama-server's cpp-httplib, vLLM's uvicorn), and a request sent on a connection
+        # the engine is closing dies before any answer.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
     async def _stop(self, _: web.Application) -> None:
@@ -273,7 +277,7 @@ class Gateway:
         assert self._session is not None
         name = route.served_name
         tried: set[str] = set()
-        last_error = ""
+        last_error, fresh_retry = "", False
         for _ in range(ATTEMPTS):
             upstream = await self._take_slot(route, inference, tried)
             if upstream is None:
@@ -286,7 +290,14 @@ class Gateway:
             except UpstreamUnavailable as exc:
                 last_error = str(exc)
                 self.metrics.upstream_errors.labels(name).inc()
-                self.discovery.report_failure(upstream, last_error)
+                others = [u for u in self.discovery.upstreams(name) if u.replica_id not in tried]
+                if exc.fresh_connection_may_help and not others and not fresh_retry:
+                    # Most likely an idle connection the engine closed as it was reused: the
+                    # only replica again, on a new connection, and reported if that fails too.
+                    tried.discard(upstream.replica_id)
+                    fresh_retry = True
+                else:
+                    self.discovery.report_failure(upstream, last_error)
                 continue
             finally:
                 self.load.finish(name, upstream.replica_id)

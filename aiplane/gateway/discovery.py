@@ -45,7 +45,9 @@ class Discovery(Protocol):
         ...
 
     def report_failure(self, upstream: Upstream, error: str) -> None:
-        """The gateway saw this upstream fail; stop routing to it until it is ready again."""
+        """The gateway saw this upstream fail. A signal, not a verdict: the runtime checks
+        the replica's health and takes it out of routing only if that fails too (the
+        Kubernetes runtime skips the pod for a few seconds; its kubelet probes decide)."""
         ...
 
     def unavailable(self, served_name: str) -> str | None:

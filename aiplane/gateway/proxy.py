@@ -30,7 +30,16 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
 
 
 class UpstreamUnavailable(Exception):
-    """The replica could not be reached (or dropped us) before the client saw a byte."""
+    """The replica could not be reached (or dropped us) before the client saw a byte.
+
+    ``fresh_connection_may_help``: the request died on a pooled connection before any
+    answer (the engine closed it as idle just as it was reused), not on a refused
+    connect or a dropped answer; the same replica may take it again on a new connection.
+    """
+
+    def __init__(self, message: str, *, fresh_connection_may_help: bool = False) -> None:
+        super().__init__(message)
+        self.fresh_connection_may_help = fresh_connection_may_help
 
 
 @dataclass
@@ -88,7 +97,10 @@ async def _forward(
     try:
         upstream_resp = await session.post(url, data=raw, headers=headers, timeout=client_timeout)
     except CONNECT_ERRORS as exc:
-        raise UpstreamUnavailable(f"{upstream.replica_id}: {exc.__class__.__name__}: {exc}") from exc
+        raise UpstreamUnavailable(
+            f"{upstream.replica_id}: {exc.__class__.__name__}: {exc}",
+            fresh_connection_may_help=not isinstance(exc, aiohttp.ClientConnectorError),
+        ) from exc
     except TimeoutError as exc:
         raise OpenAIError(504, f"upstream {upstream.replica_id} timed out after {timeout:g}s") from exc
     async with upstream_resp:  # leaving it early (a hang-up, an error) closes the connection

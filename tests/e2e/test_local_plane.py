@@ -203,7 +203,7 @@ def test_replica_killed_under_load(tmp_path: Path) -> None:
     plane = Plane(tmp_path, [write(tmp_path, "pair.yaml", spec)]).start()
     try:
         first, second = plane.wait_replicas("pair", 2)
-        aclient = openai.AsyncOpenAI(base_url=plane.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        aclient = openai.AsyncOpenAI(base_url=plane.url + "/v1", api_key="x", max_retries=0, timeout=150)
 
         async def one(i: int) -> str:
             try:
@@ -221,7 +221,7 @@ def test_replica_killed_under_load(tmp_path: Path) -> None:
             await asyncio.sleep(0.5)
             assert first.pid
             os.kill(first.pid, signal.SIGKILL)
-            return await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
+            return await asyncio.wait_for(asyncio.gather(*tasks), timeout=180)
 
         results = asyncio.run(load_and_kill())
         # None hangs; the failures are clean 5xx for requests that were on the dead replica.
@@ -362,7 +362,7 @@ def test_apply_update_and_delete_against_a_running_plane(tmp_path: Path) -> None
             time.sleep(0.2)
             rows = plane.replicas("base")
         assert rows[0].generation == 2 and rows[0].pid != old.pid
-        assert "1024" in rows[0].argv
+        assert rows[0].argv[rows[0].argv.index("--ctx-size") + 1] == str(1024 * 4)  # 4 slots of 1024
         assert old.pid
         assert_gone([old.pid])
 

@@ -15,7 +15,9 @@ with a usage chunk when asked (``stream_options.include_usage``, as vLLM does) a
   do), ``reply`` answers ``reply`` (a status and a JSON body, or bytes as text) verbatim;
 * ``script`` streams the byte pieces of ``script`` verbatim, ``chunk_delay`` apart;
 * ``no-usage`` ignores ``stream_options`` (llama-cpp-python), ``usage-attached`` puts
-  ``usage`` on the last content chunk whatever was asked (llama-server).
+  ``usage`` on the last content chunk whatever was asked (llama-server);
+* ``hangup-once`` drops the first request's connection unanswered (an idle keep-alive
+  the engine closes as it is reused), ``hangup-always`` every one.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ Mode = Literal[
     "script",
     "no-usage",
     "usage-attached",
+    "hangup-once",
+    "hangup-always",
 ]
 PROMPT_TOKENS, COMPLETION_TOKENS = 7, 3
 DETAIL = [{"loc": ["body", "temperature"], "msg": "Input should be less than or equal to 2"}]
@@ -127,6 +131,10 @@ class FakeOpenAI:
     async def _respond(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
+        if self.mode == "hangup-always" or (self.mode == "hangup-once" and len(self.requests) == 1):
+            assert request.transport is not None  # closes as an idle keep-alive would, unanswered
+            request.transport.abort()
+            return web.Response()
         if self.mode == "detail422":
             return web.json_response({"detail": DETAIL}, status=422)
         if self.mode == "openai-error":

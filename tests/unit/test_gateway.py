@@ -329,6 +329,30 @@ async def test_refused_connection_is_retried_on_a_healthy_upstream(upstream: Sta
         assert gw.load.per_replica == {}
 
 
+async def test_a_connection_dropped_before_any_answer_is_retried_on_the_only_replica(
+    upstream: StartUpstream,
+) -> None:
+    """An engine closing an idle keep-alive just as it is reused is no reason for a 502."""
+    fake, only = await upstream("only", mode="hangup-once")
+    discovery = InMemoryDiscovery.of(route("m"), upstreams={"m": [only]})
+    async with gateway(discovery) as (client, gw):
+        resp = await client.post(CHAT, json=HELLO)
+        assert resp.status == 200 and (await resp.json())["id"] == "only"
+        assert len(fake.requests) == 2  # once dropped, once answered on a fresh connection
+        assert discovery.failures == []  # not the replica's fault
+        assert gw.load.per_replica == {}
+
+
+async def test_a_replica_that_drops_every_connection_is_reported_and_502(upstream: StartUpstream) -> None:
+    fake, dropper = await upstream("dropper", mode="hangup-always")
+    discovery = InMemoryDiscovery.of(route("m"), upstreams={"m": [dropper]})
+    async with gateway(discovery) as (client, _):
+        resp = await client.post(CHAT, json=HELLO)
+        assert resp.status == 502
+        assert len(fake.requests) == 2  # one retry on a fresh connection, no more
+        assert [rid for rid, _ in discovery.failures] == ["dropper"]
+
+
 async def test_every_upstream_refusing_is_502(upstream: StartUpstream) -> None:
     dead = [Upstream(f"dead-{i}", f"http://127.0.0.1:{unused_port()}") for i in range(2)]
     discovery = InMemoryDiscovery.of(route("m"), upstreams={"m": dead})
