@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml scripts/llama-wheel.sh scripts/llama-server.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	AIPLANE_CACHE=$(CACHE) scripts/llama-server.sh $(PY) $(VENV)/bin/llama-server
-	AIPLANE_CACHE=$(CACHE) scripts/llama-wheel.sh $(PY)
+	@if [[ ",$(EXTRAS)," == *,llamacpp-python,* ]]; then AIPLANE_CACHE=$(CACHE) scripts/llama-wheel.sh $(PY); fi
 	$(PY) -m pip install -q --find-links $(CACHE)/wheels -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 

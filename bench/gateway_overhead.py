@@ -20,11 +20,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aiplane.engines.llamacpp import llama_server_binary
 from aiplane.engines.sources import resolve_local
 from aiplane.runtime.local.process import free_port
 from tests.e2e.plane import SMOLLM2, Plane, model_yaml
@@ -71,6 +73,10 @@ async def _load(url: str, model: str, concurrency: int, total: int) -> dict[str,
     }
 
 
+def _has_content(event: dict[str, Any]) -> bool:
+    return any((c.get("delta") or {}).get("content") for c in event.get("choices") or [])
+
+
 async def _first_token(url: str, model: str) -> float:
     t0 = time.perf_counter()
     body = BODY | {"model": model, "stream": True}
@@ -79,18 +85,20 @@ async def _first_token(url: str, model: str) -> float:
         session.post(url + "/v1/chat/completions", json=body, timeout=aiohttp.ClientTimeout(total=120)) as r,
     ):
         async for line in r.content:
-            if b'"content"' in line:
+            # The first content token, not the first event (llama-server's says only the role).
+            if line.startswith(b"data: {") and _has_content(json.loads(line[6:])):
                 return time.perf_counter() - t0
     raise RuntimeError("no token streamed")
 
 
 def _direct_cold_start(model_path: str) -> float:
-    """Baseline: start llama.cpp's server by hand, wait for it, stream the first token."""
+    """Baseline: start the plane's engine (llama-server, as the plane launches it) by hand,
+    wait for it, stream the first token."""
     port = free_port()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--model_alias", "direct",
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+        [llama_server_binary(), "--model", model_path, "--alias", "direct", "--host", "127.0.0.1",
+         "--port", str(port), "--parallel", "4", "--ctx-size", "8192", "--metrics", "--no-webui"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -99,11 +107,12 @@ def _direct_cold_start(model_path: str) -> float:
         async with aiohttp.ClientSession() as s:
             while True:
                 try:
-                    async with s.get(url + "/v1/models") as r:
+                    async with s.get(url + "/health") as r:  # 503 while the model loads
                         if r.status == 200:
                             break
                 except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
+                    pass
+                await asyncio.sleep(0.05)
         await _first_token(url, "direct")
         return time.perf_counter() - t0
 

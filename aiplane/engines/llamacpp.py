@@ -7,10 +7,12 @@ llama.cpp source that the llama-cpp-python sdist vendors (``scripts/llama-server
 ``GGML_NATIVE=OFF``) and linked next to the venv's Python; in containers it is the
 upstream image's entrypoint.
 
-``llamacpp-python`` runs llama-cpp-python's server instead. It generates one request at
-a time, so its replicas take one request each (the gateway queues the rest), and it runs
-with ``--interrupt_requests False``: its default cuts the stream in progress whenever a
-new request arrives.
+``llamacpp-python`` runs llama-cpp-python's server instead: the baseline of
+``bench/engine_concurrency.py``, slower at every concurrency measured, and installed only
+with the ``llamacpp-python`` extra. It generates one request at a time, so its replicas
+take one request each (the gateway queues the rest), and it runs with
+``--interrupt_requests False``: its default cuts the stream in progress whenever a new
+request arrives.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ class LlamaCppPython:
         if importlib.util.find_spec("llama_cpp") is None:
             raise EngineError(
                 "engine 'llamacpp-python' cannot run locally: llama-cpp-python is not installed "
-                "(pip install 'llama-cpp-python[server]')"
+                "(pip install 'llama-cpp-python[server]', or make install with the llamacpp-python extra)"
             )
         argv = [sys.executable, "-m", "llama_cpp.server", *self._args(model, model_path, host, port)]
         # Its server has no /health; /v1/models answers once the model is loaded.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiplane.gateway.params import check_tool
 from aiplane.openai_errors import OpenAIError
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -35,8 +36,14 @@ def check_messages(messages: list[Any]) -> None:
         if not isinstance(message, dict):
             raise _bad(name, "an object with 'role' and 'content'", message)
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise _bad(f"{name}.role", f"one of {', '.join(sorted(ROLES))}", role)
+        calls = message.get("tool_calls")
+        if calls is not None:
+            if not isinstance(calls, list):
+                raise _bad(f"{name}.tool_calls", "an array of tool calls", calls)
+            for j, call in enumerate(calls):
+                check_tool(f"{name}.tool_calls[{j}]", call, "function", ("name", "arguments"))
         content = message.get("content")
         if content is None:
             calls = message.get("tool_calls") or message.get("function_call")

@@ -71,8 +71,33 @@ def check_parameters(body: dict[str, Any]) -> None:
         if options.get("include_usage") is not None and not isinstance(options["include_usage"], bool):
             raise _bad("stream_options.include_usage", "a boolean", options["include_usage"])
     tools = body.get("tools")
-    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
-        raise _bad("tools", "an array of tool objects", tools)
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise _bad("tools", "an array of tool objects", tools)
+        for i, tool in enumerate(tools):
+            check_tool(f"tools[{i}]", tool, "function", ("name",))
+
+
+def check_tool(name: str, tool: object, field: str, strings: tuple[str, ...]) -> None:
+    """A tool (or an assistant's tool call): ``{"type": "function", field: {...}}`` whose
+    ``strings`` are strings, as OpenAI documents them. ``custom`` tools pass when well
+    formed; an engine that cannot run them says so (a 400)."""
+    if not isinstance(tool, dict):
+        raise _bad(name, "an object with 'type' and 'function'", tool)
+    kind = tool.get("type")
+    if kind not in ("function", "custom"):
+        raise _bad(f"{name}.type", "'function' or 'custom'", kind)
+    if kind == "custom":
+        custom = tool.get("custom")
+        if not (isinstance(custom, dict) and isinstance(custom.get("name"), str)):
+            raise _bad(f"{name}.custom", "an object with a string 'name'", custom)
+        return
+    inner = tool.get(field)
+    if not isinstance(inner, dict):
+        raise _bad(f"{name}.{field}", "an object", inner)
+    for key in strings:
+        if not isinstance(inner.get(key), str):
+            raise _bad(f"{name}.{field}.{key}", "a string", inner.get(key))
 
 
 def _check_response_format(fmt: object) -> None:

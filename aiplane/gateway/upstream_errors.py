@@ -18,10 +18,14 @@ from aiplane.openai_errors import error_body
 TRACE_FRAME = re.compile(r'^\s*File "[^"]*", line \d+')
 # Messages that say the request was bad, whatever status the engine gave them: pydantic's
 # errors about a request model or a body field (not about a response model, a server
-# bug), as llama-cpp-python formats them, and llama-server's JSON library's type errors.
+# bug), as llama-cpp-python formats them; llama-server's JSON library's type errors, and
+# its words for what it cannot take ("Failed to parse tools: Unsupported tool type",
+# "Missing tool call function", "image input is not supported").
 CLIENT_ERROR_TEXT = re.compile(
     r"validation errors? for \w*Request\b|^\d+ validation errors?:|'loc': \(\s*'body'"
-    r"|\[json\.exception\.(type_error|parse_error|out_of_range)",
+    r"|\[json\.exception\.(type_error|parse_error|out_of_range)"
+    r"|Failed to parse (tools|messages|tool_choice)\b|\b(Unsupported|Missing) (tool|content)"
+    r"|input is not supported",
     re.MULTILINE,
 )
 TUPLE_LOC = re.compile(r"'loc': (\([^()]*\)|\[[^\[\]]*\])")

@@ -102,10 +102,16 @@ def test_llamacpp_alias_defaults_to_metadata_name_and_each_slot_gets_the_context
     assert flag(launch.argv, "--ctx-size") == str(4096 * 4)
 
 
-def test_llamacpp_python_never_interrupts_a_stream_and_takes_one_request() -> None:
+def test_llamacpp_python_never_interrupts_a_stream_and_takes_one_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     engine = default_registry().get("llamacpp-python")
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(EngineError, match=r"llama-cpp-python is not installed \(pip install"):
+        engine.local(model("smollm2").build(), "/m/model.gguf", "127.0.0.1", 1)
+    installed = real_find_spec("json")  # any spec stands for an installed llama_cpp
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: installed)
     argv = engine.local(model("smollm2").build(), "/m/model.gguf", "127.0.0.1", 1).argv
     assert argv[:3] == [sys.executable, "-m", "llama_cpp.server"]
     assert flag(argv, "--interrupt_requests") == "False"

@@ -215,10 +215,47 @@ async def test_message_shapes_openai_accepts_pass_unchanged(
             {"role": "user", "content": [{"type": "image_url", "image_url": "x"}]},
             "messages[0].content[0].image_url",
         ),
+        # Found by schemathesis: an unhashable role was a 500, and these tool calls were
+        # llama-server 500s ("Missing tool call type", "Missing tool call function", ...).
+        ({"role": {}, "content": "x"}, "messages[0].role"),
+        (
+            {"role": "assistant", "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "{}"}}]},
+            "messages[0].tool_calls[0].type",
+        ),
+        (
+            {"role": "assistant", "tool_calls": [{"id": "1", "type": "function"}]},
+            "messages[0].tool_calls[0].function",
+        ),
+        (
+            {"role": "assistant", "tool_calls": [{"id": "1", "type": "function", "function": 0}]},
+            "messages[0].tool_calls[0].function",
+        ),
+        (
+            {"role": "assistant", "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f"}}]},
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+        ({"role": "assistant", "tool_calls": {"id": "1"}}, "messages[0].tool_calls"),
     ],
 )
 async def test_message_content_openai_rejects_is_a_400_naming_it(message: dict[str, Any], param: str) -> None:
     data = await rejected({"model": "m", "messages": [message]})
+    assert_openai_error(data, type_="invalid_request_error")
+    assert data["error"]["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("tools", "param"),
+    [
+        ([{"function": {"name": "f"}}], "tools[0].type"),
+        ([{"type": "function"}], "tools[0].function"),
+        ([{"type": "function", "function": {"description": "no name"}}], "tools[0].function.name"),
+        ([{"type": "custom", "custom": 3}], "tools[0].custom"),
+        ([{"type": "retrieval"}], "tools[0].type"),
+        ({"type": "function"}, "tools"),
+    ],
+)
+async def test_tools_openai_rejects_are_a_400_naming_the_field(tools: Any, param: str) -> None:
+    data = await rejected({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools})
     assert_openai_error(data, type_="invalid_request_error")
     assert data["error"]["param"] == param
 

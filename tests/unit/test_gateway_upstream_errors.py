@@ -179,3 +179,24 @@ def test_an_integer_code_is_dropped_from_an_otherwise_openai_shaped_error() -> N
     assert status == 400 and json.loads(body)["error"] == {
         "code": None, "message": "bad", "type": "invalid_request_error"
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'Failed to parse tools: Unsupported tool type: {"type":"custom","custom":{"name":""}}',
+        "Failed to parse messages: Missing tool call function",
+        "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj",
+        "audio input is not supported",
+    ],
+)
+def test_what_llama_server_cannot_take_is_a_400_though_it_says_500(message: str) -> None:
+    """Found by schemathesis against OpenAI's spec: llama-server answers these with a 500."""
+    status, body = openai_error(500, json.dumps(error(message, "server_error")).encode())
+    assert status == 400
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_a_genuine_engine_failure_stays_a_500() -> None:
+    status, _ = openai_error(500, json.dumps(error("failed to decode the batch", "server_error")).encode())
+    assert status == 500
