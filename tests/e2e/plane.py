@@ -28,6 +28,7 @@ def model_yaml(
     max_replicas: int = 1,
     target: int = 4,
     scale_to_zero_after: str = "300s",
+    scale_down_delay: str = "1s",
     cold_start: str = "60s",
 ) -> str:
     return f"""\
@@ -38,7 +39,8 @@ spec:
   engine: llamacpp
   source: {SMOLLM2}
   replicas: {{min: {min_replicas}, max: {max_replicas}}}
-  autoscaling: {{target: {target}, scaleToZeroAfter: {scale_to_zero_after}, scaleDownDelay: 1s}}
+  autoscaling:
+    {{target: {target}, scaleToZeroAfter: {scale_to_zero_after}, scaleDownDelay: {scale_down_delay}}}
   timeouts: {{coldStart: {cold_start}}}
 """
 

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import write
-from tests.e2e.plane import SMOLLM2, Plane
+from tests.e2e.plane import SMOLLM2, Plane, model_yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -93,16 +93,7 @@ def llama_metric(port: int, name: str) -> float:
 
 def default_like(name: str) -> str:
     """The built-in default model's shape: llama.cpp, 4 slots, target 4, up to 2 replicas."""
-    return f"""\
-apiVersion: aiplane.dev/v1alpha1
-kind: Model
-metadata: {{name: {name}}}
-spec:
-  engine: llamacpp
-  source: {SMOLLM2}
-  replicas: {{min: 1, max: 2}}
-  autoscaling: {{target: 4, scaleToZeroAfter: 300s, scaleDownDelay: 300s}}
-"""
+    return model_yaml(name, min_replicas=1, max_replicas=2, target=4, scale_down_delay="300s")
 
 
 def client_for(plane: Plane) -> openai.AsyncOpenAI:
@@ -215,5 +206,31 @@ def test_cut_streams_end_in_an_error_and_the_replica_returns_to_rotation(tmp_pat
         assert all(r.error is None for r in asyncio.run(batch()))
         assert llama_metric(victim.port, "llamacpp:tokens_predicted_total") > before
         assert other.id in {r.id for r in plane.replicas("cut")}
+    finally:
+        plane.stop()
+
+
+def test_a_client_leaving_a_non_streaming_request_stops_the_generation(tmp_path: Path) -> None:
+    plane = Plane(tmp_path, [write(tmp_path, "m.yaml", default_like("chat"))]).start()
+    try:
+        (replica,) = plane.wait_replicas("chat", 1)
+        before = llama_metric(replica.port, "llamacpp:tokens_predicted_total")
+        body = {
+            "model": "chat",
+            "messages": [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}],
+            "max_tokens": 2000,
+            "ignore_eos": True,  # llama-server's extra: generate all 2000 unless stopped
+        }
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(plane.url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=1.0))
+        # The gateway closed the upstream connection: llama-server stops that slot soon after.
+        deadline = time.monotonic() + 10
+        while llama_metric(replica.port, "llamacpp:requests_processing") > 0:
+            assert time.monotonic() < deadline, "the engine is still generating for a client that left"
+            time.sleep(0.1)
+        generated = llama_metric(replica.port, "llamacpp:tokens_predicted_total") - before
+        assert generated < 2000, generated
+        metrics = httpx.get(plane.url + "/metrics", timeout=10).text
+        assert 'endpoint="/v1/chat/completions",model="chat",status="499"} 1.0' in metrics
     finally:
         plane.stop()

@@ -69,6 +69,15 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 """
 
 
+def health_replica(tmp_path: Path) -> tuple[Replica, Path]:
+    """A replica whose health endpoint fails while the returned file exists."""
+    script, sick = tmp_path / "health.py", tmp_path / "sick"
+    script.write_text(HEALTH_SERVER)
+    port = free_port()
+    launch = LocalLaunch([sys.executable, str(script), str(port), str(sick)])
+    return Replica("r-1", "m", 1, "127.0.0.1", port, (), tmp_path / "r.log", launch), sick
+
+
 async def wait_state(changes: asyncio.Queue[tuple[State, str]], want: State, timeout: float = 10) -> str:
     async with asyncio.timeout(timeout):
         while True:
@@ -79,13 +88,9 @@ async def wait_state(changes: asyncio.Queue[tuple[State, str]], want: State, tim
 
 async def test_a_reported_failure_is_checked_and_a_healthy_replica_keeps_serving(tmp_path: Path) -> None:
     """One cut stream is a signal: the replica stays Ready when its health check passes."""
-    script, sick = tmp_path / "health.py", tmp_path / "sick"
-    script.write_text(HEALTH_SERVER)
     changes: asyncio.Queue[tuple[State, str]] = asyncio.Queue()
-    port = free_port()
+    r, sick = health_replica(tmp_path)
     async with Supervisor(lambda r: changes.put_nowait((r.state, r.message))) as sup:
-        r = Replica("r-1", "m", 1, "127.0.0.1", port, (), tmp_path / "r.log",
-                    LocalLaunch([sys.executable, str(script), str(port), str(sick)]))  # fmt: skip
         sup.start(r)
         await wait_state(changes, State.READY)
         sup.report_failure("r-1", "mid-stream: ClientPayloadError")
@@ -110,13 +115,9 @@ async def test_a_replica_unhealthy_for_too_long_is_restarted(
 ) -> None:
     monkeypatch.setattr(supervisor, "FAIL_AFTER", 1.0)
     monkeypatch.setattr(supervisor, "BACKOFF_START", 0.2)
-    script, sick = tmp_path / "health.py", tmp_path / "sick"
-    script.write_text(HEALTH_SERVER)
     changes: asyncio.Queue[tuple[State, str]] = asyncio.Queue()
-    port = free_port()
+    r, sick = health_replica(tmp_path)
     async with Supervisor(lambda r: changes.put_nowait((r.state, r.message))) as sup:
-        r = Replica("r-1", "m", 1, "127.0.0.1", port, (), tmp_path / "r.log",
-                    LocalLaunch([sys.executable, str(script), str(port), str(sick)]))  # fmt: skip
         sup.start(r)
         await wait_state(changes, State.READY)
         first = r.pid
