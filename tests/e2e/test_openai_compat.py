@@ -139,14 +139,15 @@ def test_a_prompt_of_token_ids_or_of_several_strings(client: openai.OpenAI) -> N
 def test_response_format_json_schema_constrains_the_answer(client: openai.OpenAI) -> None:
     schema = {
         "type": "object",
-        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        # Bounded, so the constrained answer always fits in max_tokens.
+        "properties": {"city": {"type": "string", "maxLength": 30}, "population": {"type": "integer"}},
         "required": ["city", "population"],
     }
     reply = client.chat.completions.create(
         model="smollm2",
         messages=[{"role": "user", "content": "Give a city and its population as JSON."}],
         response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
-        max_tokens=64,
+        max_tokens=128,
         temperature=0,
     )
     answer = json.loads(reply.choices[0].message.content or "")
