@@ -179,12 +179,12 @@ class Gateway:
         finally:
             self.metrics.requests.labels(label, endpoint, status).inc()
 
-    async def _ready_upstreams(self, route: ModelRoute) -> list[Upstream]:
+    async def _ready_upstreams(self, route: ModelRoute) -> None:
+        """Return once the model has a ready replica, holding the request through a cold start."""
         name = route.served_name
-        upstreams = self.discovery.upstreams(name)
-        if upstreams:
+        if self.discovery.upstreams(name):
             self.metrics.queue_wait.labels(name).observe(0.0)
-            return upstreams
+            return
         self.metrics.cold_starts.labels(name).inc()
         self.load.queued[name] += 1
         self.metrics.queued.labels(name).inc()
@@ -204,7 +204,6 @@ class Gateway:
                 code="model_unavailable",
                 retry_after=COLD_START_RETRY_AFTER,
             )
-        return upstreams
 
     def _pick(self, route: ModelRoute, upstreams: list[Upstream], inference: InferenceRequest) -> Upstream:
         loads = [ReplicaLoad(u.replica_id, self.load.replica_load(u.replica_id)) for u in upstreams]

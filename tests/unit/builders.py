@@ -179,6 +179,7 @@ def route(
     cold_start_timeout: float = 5.0,
     request_timeout: float = 10.0,
     created: float = 1_700_000_000.0,
+    concurrency: int | None = None,
 ) -> ModelRoute:
     return ModelRoute(
         served_name=served_name,
@@ -188,6 +189,7 @@ def route(
         cold_start_timeout=cold_start_timeout,
         request_timeout=request_timeout,
         created=created,
+        concurrency=concurrency,
     )
 
 

@@ -107,6 +107,7 @@ class FakeOpenAI:
         self.stream_finished = asyncio.Event()
         self.finished_at: float | None = None  # when [DONE] was written
         self.disconnected_at: float | None = None  # when the gateway hung up mid-request
+        self.in_flight = self.peak = 0  # requests being answered now, and the most at once
         self._server: TestServer | None = None
 
     async def start(self) -> Upstream:
@@ -122,11 +123,15 @@ class FakeOpenAI:
             await self._server.close()
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
         try:
             return await self._respond(request)
         except asyncio.CancelledError:
             self.disconnected_at = time.monotonic()
             raise
+        finally:
+            self.in_flight -= 1
 
     async def _respond(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
