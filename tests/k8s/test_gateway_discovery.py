@@ -27,7 +27,7 @@ from aiplane.runtime.kubernetes.client import Kube
 from aiplane.runtime.kubernetes.discovery import KubernetesDiscovery
 from aiplane.runtime.kubernetes.gateway import build_app
 from aiplane.runtime.kubernetes.lowering import lower
-from aiplane.runtime.kubernetes.reconcile import from_body, owner_of
+from aiplane.runtime.kubernetes.objects import from_body, owner_of
 from tests.k8s.conftest import K8sCluster, eventually
 from tests.k8s.operator_fixture import install_crds
 

@@ -53,6 +53,7 @@ from aiplane.errors import AiplaneError, KubernetesError
 from aiplane.gateway.discovery import ModelRoute, Upstream
 from aiplane.runtime.kubernetes.client import Manifest
 from aiplane.runtime.kubernetes.constants import LABEL_MODEL
+from aiplane.runtime.kubernetes.objects import API
 from aiplane.runtime.kubernetes.routes import (
     ModelKey,
     elect,
@@ -63,7 +64,6 @@ from aiplane.runtime.kubernetes.routes import (
 
 log = logging.getLogger(__name__)
 
-MODEL_API = "aiplane.dev/v1alpha1"
 SLICE_API = "discovery.k8s.io/v1"
 SLICE_SELECTOR = LABEL_MODEL
 """Slices of Model Services: the EndpointSlice controller copies the Service's labels."""
@@ -166,7 +166,7 @@ class KubernetesDiscovery:
 
     async def refresh(self) -> None:
         """One poll: the whole truth replaces the view, then every waiter re-checks."""
-        models = await self._kube.list(MODEL_API, "Model", self._namespace)
+        models = await self._kube.list(API, "Model", self._namespace)
         slices = await self._kube.list(SLICE_API, "EndpointSlice", self._namespace, SLICE_SELECTOR)
         self.update(models, slices)
 

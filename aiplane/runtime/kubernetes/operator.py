@@ -24,6 +24,7 @@ from aiplane.policies.scheduling import Admit, Pending
 from aiplane.runtime.kubernetes import reconcile
 from aiplane.runtime.kubernetes.client import Kube
 from aiplane.runtime.kubernetes.lowering import DEFAULT_OPTIONS, LoweringOptions, selector_string
+from aiplane.runtime.kubernetes.objects import from_body, utc_now
 from aiplane.runtime.kubernetes.status import job_status, model_status, replicas_short
 
 GROUP, VERSION = "aiplane.dev", "v1alpha1"
@@ -120,7 +121,7 @@ def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
     @kopf.timer(GROUP, VERSION, "models", interval=STATUS_SECONDS, registry=registry)
     async def model_status_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         meta = body["metadata"]
-        model = reconcile.from_body(body)
+        model = from_body(body)
         assert isinstance(model, Model)
         kube = _kube(memo)
         deployment = await kube.get("apps/v1", "Deployment", meta["name"], meta["namespace"])
@@ -129,7 +130,7 @@ def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
         short = replicas_short(deployment)
         pods = await kube.list("v1", "Pod", meta["namespace"], selector) if short else []
         old = body.get("status") or {}
-        new = model_status(meta.get("generation", 0), deployment, selector, old, reconcile.utc_now(), pods)
+        new = model_status(meta.get("generation", 0), deployment, selector, old, utc_now(), pods)
         _patch_status(patch, old, new)
 
     @kopf.timer(
@@ -167,7 +168,7 @@ async def _job_status(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, decision: Admit | Pending | None
 ) -> None:
     meta = body["metadata"]
-    job = reconcile.from_body(body)
+    job = from_body(body)
     assert isinstance(job, TrainingJob | BatchJob)
     if decision is None:
         decision = await reconcile.admission(_kube(memo), body, job)
@@ -177,7 +178,7 @@ async def _job_status(
     native = None if scheduled else await kube.get("batch/v1", "Job", meta["name"], meta["namespace"])
     completions = job.spec.workers if isinstance(job, TrainingJob) else job.spec.shards
     old = body.get("status") or {}
-    now = reconcile.utc_now()
+    now = utc_now()
     new = job_status(meta.get("generation", 0), native, decision, completions, old, now, cron=cron)
     if new.get("phase") != old.get("phase") and new.get("phase") in ("Running", "Succeeded", "Failed"):
         kopf.info(

@@ -8,59 +8,23 @@ same objects and never duplicates. The kopf handlers in ``operator.py`` only cal
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiplane.api import AnyResource, BatchJob, Model, Queue, TrainingJob, parse_document
+from aiplane.api import BatchJob, Model, Queue, TrainingJob
 from aiplane.policies.scheduling import Admit, Demand, Pending, admit
 from aiplane.runtime.kubernetes.client import Kube, Manifest
-from aiplane.runtime.kubernetes.lowering import DEFAULT_OPTIONS, LoweringOptions, OwnerRef, lower
+from aiplane.runtime.kubernetes.lowering import DEFAULT_OPTIONS, LoweringOptions, lower
+from aiplane.runtime.kubernetes.objects import API, LABEL_KEY, OWNED_KINDS, from_body, owner_of, utc_now
 from aiplane.runtime.kubernetes.status import condition
 
-API = "aiplane.dev/v1alpha1"
-OWNED_KINDS = {
-    "Model": [("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget"),
-              ("v1", "PersistentVolumeClaim")],
-    "TrainingJob": [("batch/v1", "Job"), ("batch/v1", "CronJob"), ("v1", "Service"),
-                    ("v1", "PersistentVolumeClaim")],
-    "BatchJob": [("batch/v1", "Job"), ("v1", "PersistentVolumeClaim")],
-}  # fmt: skip
-LABEL_KEY = {"Model": "aiplane.dev/model", "TrainingJob": "aiplane.dev/job", "BatchJob": "aiplane.dev/job"}
 # One admission at a time per queue, from reading its usage to recording the decision
 # in the job's status: kopf runs handlers for different jobs concurrently, and two that
 # read the same free quota would both take it. One operator replica runs (the install's
 # Deployment has replicas: 1), so a process-level lock is the queue's single writer.
 _QUEUE_LOCKS: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-
-
-def utc_now() -> str:
-    """An RFC 3339 timestamp, as conditions and Events carry."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def from_body(body: Mapping[str, Any]) -> AnyResource:
-    """The API object a custom resource stands for (server-side metadata dropped)."""
-    meta = body.get("metadata", {})
-    kept: dict[str, Any] = {
-        "name": meta.get("name"),
-        "labels": dict(meta.get("labels") or {}),
-        "annotations": dict(meta.get("annotations") or {}),
-    }
-    if meta.get("namespace"):
-        kept["namespace"] = meta["namespace"]
-    doc = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept}
-    if body.get("spec") is not None or body.get("kind") != "Queue":
-        doc["spec"] = dict(body.get("spec") or {})
-    source = f"{body.get('kind')}/{meta.get('namespace', '')}/{meta.get('name')}"
-    return parse_document(doc, source=source)
-
-
-def owner_of(body: Mapping[str, Any]) -> OwnerRef:
-    meta = body["metadata"]
-    return OwnerRef(body["apiVersion"], body["kind"], meta["name"], meta["uid"])
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 from aiplane.api import Model
 from aiplane.engines import EngineRegistry
 from aiplane.gateway.discovery import ModelRoute, Upstream
-from aiplane.runtime.kubernetes.reconcile import from_body
+from aiplane.runtime.kubernetes.objects import from_body
 from aiplane.runtime.model_route import model_route
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
