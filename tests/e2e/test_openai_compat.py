@@ -172,7 +172,7 @@ def test_a_body_nested_100000_levels_deep_is_a_400_not_a_500(plane: Plane) -> No
     resp = post(plane, "/v1/chat/completions", deep)
     assert resp.status_code == 400
     assert resp.json()["error"]["code"] == "invalid_json"
-    assert post(plane, "/health", b"").status_code in (200, 405)  # still up
+    assert httpx.get(plane.url + "/health", timeout=10).status_code == 200  # still up
 
 
 def test_max_tokens_beyond_the_context_is_openais_400(client: openai.OpenAI) -> None:

@@ -54,6 +54,8 @@ Mode = Literal[
     "hangup-always",
 ]
 PROMPT_TOKENS, COMPLETION_TOKENS = 7, 3
+CHAT = "/v1/chat/completions"
+HELLO = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 DETAIL = [{"loc": ["body", "temperature"], "msg": "Input should be less than or equal to 2"}]
 OPENAI_ERROR = {"error": {"message": "bad n", "type": "invalid_request_error", "param": "n", "code": None}}
 # What llama-cpp-python 0.3 answered for {"temperature": "hot"}, verbatim but for the path.

@@ -5,20 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import unused_port
 from builders import InMemoryDiscovery, route
 from fake_openai import (
+    CHAT,
     COMPLETION_TOKENS,
     DETAIL,
+    HELLO,
     OPENAI_ERROR,
     PROMPT_TOKENS,
     StartUpstream,
     assert_openai_error,
-    fake_upstreams,
     gateway,
     metric,
 )
@@ -27,16 +27,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from aiplane.engines.base import EMBED
 from aiplane.gateway import Gateway, GatewayConfig
 from aiplane.gateway.discovery import Upstream
-
-CHAT = "/v1/chat/completions"
-HELLO = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[StartUpstream]:
-    """``fake, up = await upstream("r1", mode="drop")``: started now, closed after the test."""
-    async with fake_upstreams() as start:
-        yield start
 
 
 # -- request validation ----------------------------------------------------------------

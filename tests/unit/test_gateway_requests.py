@@ -4,25 +4,18 @@ what it rejects is a 400 naming the field, before any cold start."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from builders import InMemoryDiscovery, route
-from fake_openai import StartUpstream, assert_openai_error, fake_upstreams, gateway
+from fake_openai import CHAT, StartUpstream, assert_openai_error, gateway
 
 from aiplane.gateway.discovery import ModelRoute
 from aiplane.gateway.params import max_depth
 
-CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+COMPLETIONS = "/v1/completions"
 USER = {"role": "user", "content": "hello"}
 HELLO = {"model": "m", "messages": [USER]}
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[StartUpstream]:
-    async with fake_upstreams() as start:
-        yield start
 
 
 def shaped(**fields: Any) -> ModelRoute:

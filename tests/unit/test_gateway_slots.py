@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from builders import InMemoryDiscovery, route
-from fake_openai import StartUpstream, assert_openai_error, fake_upstreams, gateway, metric
+from fake_openai import CHAT, HELLO, StartUpstream, assert_openai_error, gateway, metric
 
 from aiplane.gateway.slots import SlotQueue
-
-CHAT = "/v1/chat/completions"
-HELLO = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[StartUpstream]:
-    async with fake_upstreams() as start:
-        yield start
 
 
 async def test_no_replica_gets_more_than_its_concurrency_and_the_rest_wait_in_order(

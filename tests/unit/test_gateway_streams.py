@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from builders import InMemoryDiscovery, route
 from fake_openai import (
+    CHAT,
     PROMPT_TOKENS,
     StartUpstream,
     assert_openai_error,
     delta,
     events,
-    fake_upstreams,
     gateway,
     metric,
     sse,
@@ -27,18 +26,11 @@ from aiplane.gateway import proxy
 from aiplane.gateway.relay import StreamRelay
 from aiplane.gateway.sse import EventSplitter, parse
 
-CHAT = "/v1/chat/completions"
 STREAM = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "stream": True}
 WITH_USAGE = {**STREAM, "stream_options": {"include_usage": True}}
 ERROR = {
     "error": {"message": "CUDA error: out of memory", "type": "server_error", "param": None, "code": None}
 }
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[StartUpstream]:
-    async with fake_upstreams() as start:
-        yield start
 
 
 def requests_total(gw: Any, status: str) -> float | None:

@@ -4,24 +4,15 @@ gave it, a genuine server error stays a 5xx, and no stack frame gets through."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from builders import InMemoryDiscovery, route
-from fake_openai import StartUpstream, assert_openai_error, fake_upstreams, gateway
+from fake_openai import CHAT, HELLO, StartUpstream, assert_openai_error, gateway
 
 from aiplane.gateway.upstream_errors import openai_error, param_from_loc
 
-CHAT = "/v1/chat/completions"
-HELLO = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 FRAME = '\n  File "/venv/lib/python3.11/site-packages/llama_cpp/server/app.py", line 376, in chat\n    raise'
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[StartUpstream]:
-    async with fake_upstreams() as start:
-        yield start
 
 
 def error(message: str, type_: str, **extra: Any) -> dict[str, Any]:

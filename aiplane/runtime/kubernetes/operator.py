@@ -18,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from aiplane.api import BatchJob, Model, TrainingJob
+from aiplane.api import GROUP, VERSION, BatchJob, Model, TrainingJob
 from aiplane.errors import AiplaneError, KubernetesError, ValidationError
 from aiplane.policies.scheduling import Admit, Pending
 from aiplane.runtime.kubernetes import reconcile
@@ -27,7 +27,6 @@ from aiplane.runtime.kubernetes.lowering import DEFAULT_OPTIONS, LoweringOptions
 from aiplane.runtime.kubernetes.objects import from_body, utc_now
 from aiplane.runtime.kubernetes.status import job_status, model_status, replicas_short
 
-GROUP, VERSION = "aiplane.dev", "v1alpha1"
 KOPF_PREFIX = f"kopf.{GROUP}"  # kopf's bookkeeping annotations; never passed on to pods
 STATUS_SECONDS = 2.0
 RESYNC_SECONDS = 30.0
