@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from aiplane.dev import DevClusterError
+from aiplane.policies.scheduling.gpumodel import PRODUCTS, GpuProduct, product
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
@@ -25,32 +26,8 @@ COMPLETE_AFTER_ANNOTATION = "aiplane.dev/kwok-complete-after"
 MAX_PODS = 110
 
 
-@dataclass(frozen=True)
-class GpuModel:
-    """One GPU product as GPU feature discovery reports it, with a typical 8-GPU host."""
-
-    alias: str
-    product: str  # nvidia.com/gpu.product
-    memory_mib: int  # nvidia.com/gpu.memory
-    family: str  # nvidia.com/gpu.family
-    host_cpu: int  # vCPU of an 8-GPU host; scaled by gpus/8
-    host_memory_gib: int
-    instance_type: str
-
-
-GPU_MODELS: dict[str, GpuModel] = {
-    m.alias: m
-    for m in (
-        GpuModel("H200", "NVIDIA-H200", 143771, "hopper", 192, 2048, "p5en.48xlarge"),
-        GpuModel("H100", "NVIDIA-H100-80GB-HBM3", 81559, "hopper", 192, 2048, "p5.48xlarge"),
-        GpuModel("A100", "NVIDIA-A100-SXM4-80GB", 81920, "ampere", 96, 1152, "p4de.24xlarge"),
-        GpuModel("A100-40GB", "NVIDIA-A100-SXM4-40GB", 40960, "ampere", 96, 1152, "p4d.24xlarge"),
-        GpuModel("L40S", "NVIDIA-L40S", 46068, "ada-lovelace", 192, 1536, "g6e.48xlarge"),
-        GpuModel("L4", "NVIDIA-L4", 23034, "ada-lovelace", 192, 768, "g6.48xlarge"),
-        GpuModel("A10G", "NVIDIA-A10G", 23028, "ampere", 192, 768, "g5.48xlarge"),
-        GpuModel("T4", "Tesla-T4", 15360, "turing", 96, 384, "g4dn.metal"),
-    )
-}
+GpuModel = GpuProduct  # the dev fleet's GPUs are the scheduler's catalogue
+GPU_MODELS = PRODUCTS
 
 SYSTEM_NODE_CPU = 16
 SYSTEM_NODE_MEMORY_GIB = 64
@@ -71,7 +48,7 @@ def parse_gpu_pool(spec: str) -> GpuPool:
     if not m:
         raise DevClusterError(f"bad GPU pool {spec!r}: expected <nodes>x<gpus>:<model>, e.g. 4x8:H100")
     count, gpus, alias = int(m.group(1)), int(m.group(2)), m.group(3)
-    model = {k.lower(): v for k, v in GPU_MODELS.items()}.get(alias.lower())
+    model = product(alias)
     if model is None:
         raise DevClusterError(f"unknown GPU model {alias!r}; known: {', '.join(GPU_MODELS)}")
     if count < 1 or not 1 <= gpus <= 16:

@@ -73,11 +73,15 @@ def test_no_gpu_with_room_for_a_fraction() -> None:
     assert place(FOUR_H100, {i: 0.75 for i in range(4)}, 0.5) == NoFit("no GPU has 0.5 free")
 
 
-def test_gpu_model_filter_is_case_insensitive_substring() -> None:
+def test_gpu_model_filter_matches_whole_names_and_aliases() -> None:
+    """One matcher (policies/scheduling/gpumodel.py): "A100" is the 80 GB part, never an A100-40GB."""
     mixed = gpus("NVIDIA A100-SXM4-40GB", "NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3")
     fit = place(mixed, {}, 1, gpu_model="h100")
     assert isinstance(fit, Fit) and fit.devices == (1,)
-    fit = place(mixed, {}, 0.5, gpu_model="A100")
+    assert isinstance(place(mixed, {}, 0.5, gpu_model="A100"), NoFit)
+    fit = place(mixed, {}, 0.5, gpu_model="A100-40GB")
+    assert isinstance(fit, Fit) and fit.devices == (0,)
+    fit = place(mixed, {}, 0.5, gpu_model="A100-40GB|H100")
     assert isinstance(fit, Fit) and fit.devices == (0,)
 
 

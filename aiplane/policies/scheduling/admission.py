@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from aiplane.policies.scheduling.gpumodel import first_match
+
 ANY_MODEL = "*"
 
 
@@ -32,9 +34,9 @@ class Pending:
 
 
 def flavor_for(demand: Demand, quota: Mapping[str, float]) -> str | None:
-    """The quota key a demand counts against: its GPU model, else ``*``."""
-    if demand.gpu_model and demand.gpu_model in quota:
-        return demand.gpu_model
+    """The quota key a demand counts against: a key its GPU model matches, else ``*``."""
+    if demand.gpu_model and (key := first_match(demand.gpu_model, [k for k in quota if k != ANY_MODEL])):
+        return key
     if ANY_MODEL in quota:
         return ANY_MODEL
     return None

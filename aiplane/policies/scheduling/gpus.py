@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from aiplane.policies.scheduling.gpumodel import spec_matches
+
 
 @dataclass(frozen=True)
 class Gpu:
@@ -29,15 +31,11 @@ class NoFit:
     reason: str
 
 
-def _matches(gpu: Gpu, wanted: str | None) -> bool:
-    return wanted is None or wanted.lower() in gpu.model.lower()
-
-
 def place(gpus: list[Gpu], used: dict[int, float], need: float, gpu_model: str | None = None) -> Fit | NoFit:
     """Devices for a replica needing ``need`` GPUs, given what is ``used`` per index."""
     if need <= 0:
         return Fit((), "no GPU requested")
-    candidates = [g for g in gpus if _matches(g, gpu_model)]
+    candidates = [g for g in gpus if spec_matches(gpu_model, g.model)]
     if not candidates:
         if not gpus:
             return NoFit(f"needs {need:g} GPU(s); this machine has no GPU")

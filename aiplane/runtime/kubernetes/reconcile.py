@@ -15,6 +15,7 @@ from typing import Any
 
 from aiplane.api import BatchJob, Model, Queue, TrainingJob
 from aiplane.policies.scheduling import Admit, Demand, Pending, admit
+from aiplane.policies.scheduling.admission import flavor_for
 from aiplane.runtime.kubernetes.client import Kube, Manifest
 from aiplane.runtime.kubernetes.lowering import DEFAULT_OPTIONS, LoweringOptions, lower
 from aiplane.runtime.kubernetes.objects import API, LABEL_KEY, OWNED_KINDS, from_body, owner_of, utc_now
@@ -88,7 +89,7 @@ async def queue_usage(kube: Kube, queue: str, exclude_uid: str) -> dict[str, flo
             if other.spec.queue != queue:
                 continue
             demand = demand_of(other)
-            flavor = (demand.gpu_model if demand.gpu_model in quota else "*") if demand.gpus else None
+            flavor = flavor_for(demand, quota) if demand.gpus else None
             if flavor:
                 used[flavor] = used.get(flavor, 0.0) + demand.gpus
     return used

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiplane.api import Resource
 from aiplane.errors import ValidationError
+from aiplane.policies.scheduling.gpumodel import PRODUCTS, product
 from aiplane.runtime.kubernetes.constants import (
     AIPLANE_IMAGE,
     ANNOTATION_GPU_FRACTION,
@@ -28,19 +29,11 @@ from aiplane.runtime.kubernetes.constants import (
 
 Manifest = dict[str, Any]
 
-# GPU feature discovery's `nvidia.com/gpu.product` for the names users write in `gpuModel`.
-# An alias means one part: "A100" is the 80 GB SXM4 board. Any other name is matched
-# literally against `nvidia.com/gpu.product` OR `aiplane.dev/gpu-model` (see gpu_placement).
-GPU_PRODUCTS: dict[str, str] = {
-    "H200": "NVIDIA-H200",
-    "H100": "NVIDIA-H100-80GB-HBM3",
-    "A100": "NVIDIA-A100-SXM4-80GB",
-    "A100-40GB": "NVIDIA-A100-SXM4-40GB",
-    "L40S": "NVIDIA-L40S",
-    "L4": "NVIDIA-L4",
-    "A10G": "NVIDIA-A10G",
-    "T4": "Tesla-T4",
-}
+# GPU feature discovery's `nvidia.com/gpu.product` for the names users write in `gpuModel`,
+# from the scheduler's one catalogue (aiplane.policies.scheduling.gpumodel). An alias means
+# one part: "A100" is the 80 GB SXM4 board. Any other name is matched literally against
+# `nvidia.com/gpu.product` OR `aiplane.dev/gpu-model` (see gpu_placement).
+GPU_PRODUCTS: dict[str, str] = {alias: p.product for alias, p in PRODUCTS.items()}
 
 GPU_TOLERATION: Manifest = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 
@@ -189,9 +182,9 @@ def gpu_placement(resource: Resource, gpus: float, gpu_model: str | None, field_
     )
     if not gpu_model:
         return placement
-    product = {k.lower(): v for k, v in GPU_PRODUCTS.items()}.get(gpu_model.lower())
-    if product is not None:
-        return replace(placement, node_selector={GPU_PRODUCT_LABEL: product})
+    known = product(gpu_model)
+    if known is not None:
+        return replace(placement, node_selector={GPU_PRODUCT_LABEL: known.product})
     if not is_label_value(gpu_model):
         raise fail(
             resource,
