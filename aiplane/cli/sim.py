@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from aiplane.cli.output import console, err_console, table
+
+if TYPE_CHECKING:  # the simulator (numpy) loads only when a sim command runs
+    from aiplane.policies.scheduling.fleet import NodeShape
+    from aiplane.sim.traces import TracePod
 
 app = typer.Typer(
     help="Simulators: replay traces against aiplane's policies and baselines.", no_args_is_help=True
@@ -97,15 +103,15 @@ def schedule_cmd(
         console.print(f"plot: {plot}")
 
 
-def _departures(nodes: list, pods: list, names: list[str], seeds: int, load: float, json_out: bool) -> None:
-    import dataclasses
-    import json
-
+def _departures(
+    nodes: list[NodeShape], pods: list[TracePod], names: list[str], seeds: int, load: float, json_out: bool
+) -> None:
     from aiplane.policies.scheduling import scorers
+    from aiplane.policies.scheduling.fragmentation import TargetWorkload
     from aiplane.sim import departures
 
     try:
-        scorers.make(names, departures.TargetWorkload.from_pods([p.shape for p in pods]))
+        scorers.make(names, TargetWorkload.from_pods([p.shape for p in pods]))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     stats = []

@@ -16,6 +16,7 @@ Policies and seeds are independent runs; results are averaged over seeds.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -75,13 +76,9 @@ def replay(
     seed: int,
     *,
     ratio: float = TUNE_RATIO,
-    clock: Callable[[], float] | None = None,
 ) -> Curve:
     """One policy, one seed."""
-    import time
-
-    clock = clock or time.perf_counter
-    started = clock()
+    started = time.perf_counter()
     rng = np.random.default_rng(seed)
     fleet = Fleet(nodes)
     capacity = fleet.gpu_capacity_milli
@@ -114,7 +111,7 @@ def replay(
             step += 1
     allocated[step:] = fleet.gpu_allocated_milli / capacity
     frag_rate[step:] = measure.frag_rate()
-    return Curve(policy, seed, allocated, frag_rate, failed, len(workload), clock() - started)
+    return Curve(policy, seed, allocated, frag_rate, failed, len(workload), time.perf_counter() - started)
 
 
 @dataclass(frozen=True)
