@@ -34,6 +34,11 @@ class TrainingJobSpec(Strict):
     max_restarts: int = Field(default=3, ge=0, alias="maxRestarts")
     active_deadline: Duration | None = Field(default=None, alias="activeDeadline")
     env: dict[str, str] = Field(default_factory=dict)
+    grace_period: Duration = Field(
+        default="120s",
+        alias="gracePeriod",
+        description="time to write a last checkpoint after SIGTERM (preemption, drain)",
+    )
 
     @field_validator("gpus_per_worker")
     @classmethod
@@ -63,6 +68,9 @@ class BatchJobSpec(Strict):
     command: list[str] = Field(default_factory=list)
     gpus_per_shard: float = Field(default=0, ge=0, alias="gpusPerShard")
     max_retries: int = Field(default=3, ge=0, alias="maxRetries")
+    grace_period: Duration = Field(
+        default="120s", alias="gracePeriod", description="time a preempted shard gets to stop after SIGTERM"
+    )
 
     @field_validator("gpus_per_shard")
     @classmethod

@@ -254,11 +254,27 @@ def scheduler(
     health_address: Annotated[
         str | None, typer.Option(help="serve /healthz and /metrics here, e.g. 0.0.0.0:8080")
     ] = None,
+    leader_elect: Annotated[
+        bool, typer.Option(help="take the Lease before acting, so replicas never both bind")
+    ] = True,
+    lease_namespace: Annotated[
+        str | None, typer.Option(help="namespace of the Lease (default: $POD_NAMESPACE, else default)")
+    ] = None,
+    reserve_after: Annotated[
+        float, typer.Option(help="seconds a gang may be passed by smaller work before it reserves nodes")
+    ] = 300.0,
 ) -> None:
-    """Run the aiplane scheduler: gang placement of pods with schedulerName aiplane."""
-    from aiplane.runtime.kubernetes.scheduler import run_scheduler
+    """Run the aiplane scheduler: queues, quotas, preemption and placement for every aiplane pod."""
+    import os
 
-    run_scheduler(str(kubeconfig) if kubeconfig else None, health_address)
+    from aiplane.runtime.kubernetes.scheduler import Settings, run_scheduler
+
+    settings = Settings(
+        reserve_after_s=reserve_after,
+        leader_elect=leader_elect,
+        lease_namespace=lease_namespace or os.environ.get("POD_NAMESPACE") or "default",
+    )
+    run_scheduler(str(kubeconfig) if kubeconfig else None, health_address, settings)
 
 
 @app.command()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,3 +99,62 @@ def wait_for(probe: Any, timeout: float, what: str, interval: float = 0.3) -> An
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class SchedulerProcess:
+    """``aiplane scheduler`` as a subprocess, with its /healthz and /metrics."""
+
+    proc: subprocess.Popen[bytes]
+    health: str
+    log: Path
+    stopped: bool = False
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.health + path, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except OSError:
+            return 0, ""
+
+    def metrics(self) -> dict[str, float]:
+        _, text = self.get("/metrics")
+        return {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in text.splitlines()
+            if line[:1] not in ("#", "")
+        }
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:] if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.stopped = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_scheduler(cluster: K8sCluster, log_dir: Path, *args: str) -> SchedulerProcess:
+    """Start ``aiplane scheduler`` (with ``args``) and wait until it answers /healthz."""
+    address = f"127.0.0.1:{free_port()}"
+    log = log_dir / f"scheduler-{address.rsplit(':', 1)[1]}.log"
+    cmd = [sys.executable, "-m", "aiplane.cli.main", "scheduler", "--kubeconfig", str(cluster.kubeconfig),
+           "--health-address", address, *args]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    sched = SchedulerProcess(proc, f"http://{address}", log)
+    wait_for(lambda: sched.get("/healthz")[0] == 200 or proc.poll() is not None, 60, "scheduler /healthz")
+    assert proc.poll() is None, sched.log_text()
+    return sched

@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from tests.k8s.conftest import K8sCluster
-from tests.k8s.operator_fixture import Operator, apply_yaml, install_crds, kubectl_json, wait_for
+from tests.k8s.operator_fixture import (
+    Operator,
+    apply_yaml,
+    install_crds,
+    kubectl_json,
+    start_scheduler,
+    wait_for,
+)
 
 pytestmark = pytest.mark.k8s
 
@@ -37,8 +44,11 @@ spec:
 @pytest.fixture(scope="module")
 def operator(k8s_cluster: K8sCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     install_crds(k8s_cluster)
-    op = Operator(k8s_cluster, tmp_path_factory.mktemp("operator")).start()
+    logs = tmp_path_factory.mktemp("operator")
+    op = Operator(k8s_cluster, logs).start()
+    scheduler = start_scheduler(k8s_cluster, logs)  # Model replicas name schedulerName: aiplane
     yield op
+    scheduler.stop()
     op.stop()
 
 
@@ -233,4 +243,4 @@ def test_a_model_no_node_can_take_says_why_in_its_status(
     cond = wait_for(degraded, 30, "Degraded=True")
     assert cond["reason"] == "Unschedulable"
     assert cond["message"].startswith("pod b200-")
-    assert "didn't match Pod's node affinity/selector" in cond["message"]  # the scheduler's own words
+    assert "0/8 nodes fit" in cond["message"] and "node affinity mismatch" in cond["message"], cond

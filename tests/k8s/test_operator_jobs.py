@@ -160,11 +160,12 @@ def test_queue_admits_within_quota_and_holds_the_rest(
 
         def pending() -> dict[str, Any] | None:
             tj = kubectl_json(k8s_cluster, "get", "trainingjob", "second", "-n", ns)
-            return tj if condition(tj, "Admitted") == "False" else None
+            said = (tj.get("status", {}).get("admission") or {}).get("reason")  # the scheduler's words
+            return tj if condition(tj, "Admitted") == "False" and said else None
 
         held = wait_for(pending, 30, "second held by the quota")
-        message = next(c["message"] for c in held["status"]["conditions"] if c["type"] == "Admitted")
-        assert "needs 16 H100 GPUs, 0 of 16 free" in message
+        message = held["status"]["admission"]["reason"]
+        assert f"queue {queue}: H100 quota 16/16 in use, needs 16" in message, message
         assert kubectl_json(k8s_cluster, "get", "job", "second", "-n", ns)["spec"]["suspend"] is True
 
         # When the first finishes, its quota frees and the second is admitted and runs.

@@ -9,21 +9,22 @@ Running. Each test starts with the H100 nodes empty and leaves them empty.
 from __future__ import annotations
 
 import json
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.k8s.conftest import K8sCluster
-from tests.k8s.operator_fixture import apply_yaml, kubectl_json, wait_for
+from tests.k8s.operator_fixture import (
+    SchedulerProcess,
+    apply_yaml,
+    install_crds,
+    kubectl_json,
+    start_scheduler,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(60)]
 
@@ -31,57 +32,13 @@ H100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
 TOLERATE_GPU = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
-@dataclass
-class SchedulerProcess:
-    proc: subprocess.Popen[bytes]
-    health: str
-    log: Path
-    stopped: bool = False
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(self.health + path, timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except OSError:
-            return 0, ""
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-    def stop(self) -> int:
-        self.stopped = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def scheduler(
     k8s_cluster: K8sCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SchedulerProcess]:
-    address = f"127.0.0.1:{free_port()}"
-    log = tmp_path_factory.mktemp("scheduler") / "scheduler.log"
-    code = (
-        "from aiplane.runtime.kubernetes.scheduler import run_scheduler; "
-        f"run_scheduler({str(k8s_cluster.kubeconfig)!r}, {address!r})"
-    )
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT)
-    sched = SchedulerProcess(proc, f"http://{address}", log)
+    install_crds(k8s_cluster)  # it watches TrainingJobs, BatchJobs and Queues too
+    sched = start_scheduler(k8s_cluster, tmp_path_factory.mktemp("scheduler"))
     try:
-        wait_for(lambda: sched.get("/healthz")[0] == 200 or proc.poll() is not None, 20, "scheduler /healthz")
-        assert proc.poll() is None, sched.log_text()
         yield sched
     finally:
         sched.stop()
@@ -203,8 +160,8 @@ def test_a_gang_too_big_for_the_fleet_stays_entirely_pending(k8s_cluster: K8sClu
     events = wait_for(all_reported, 30, "FailedScheduling for 5 pods")
     for pod, messages in events.items():
         assert len(messages) == 1, messages
-        assert messages[0].startswith(f"gang {ns}/big needs 5 of 5 pods, 4 fit; 0/"), messages[0]
-        assert ": 4 Insufficient nvidia.com/gpu" in messages[0], messages[0]
+        assert messages[0].startswith("gang of 5 pods, 4 fit; 0/8 nodes fit"), messages[0]
+        assert "4 too few free GPUs" in messages[0], messages[0]
         assert pod.startswith("big-")
     time.sleep(3)  # three more cycles: still nothing bound, and no repeated events
     pods = pods_in(k8s_cluster, ns)
@@ -247,7 +204,7 @@ def test_a_pod_without_the_gpu_toleration_never_lands_on_a_gpu_node(k8s_cluster:
     assert len(events) == 1
     message = events[0]
     assert message.startswith("0/"), message
-    assert "untolerated taint nvidia.com/gpu=present" in message and "Insufficient nvidia.com/gpu" in message
+    assert "6 untolerated taint nvidia.com/gpu=present" in message and "2 no GPU" in message, message
     # The same scheduler did place the CPU-only pod: on a CPU node (a GPU node is tainted).
     cpu_node = wait_for(
         lambda: kubectl_json(k8s_cluster, "get", "pod", "cpu-only", "-n", ns)["spec"].get("nodeName"),
@@ -259,26 +216,16 @@ def test_a_pod_without_the_gpu_toleration_never_lands_on_a_gpu_node(k8s_cluster:
     assert kubectl_json(k8s_cluster, "get", "pod", "no-toleration", "-n", ns)["spec"].get("nodeName") is None
 
 
-def metric_samples(scheduler: SchedulerProcess) -> dict[str, float]:
-    status, text = scheduler.get("/metrics")
-    assert status == 200
-    return {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line[:1] not in ("#", "")
-    }
-
-
 def test_health_metrics_and_sigterm(k8s_cluster: K8sCluster, ns: str, scheduler: SchedulerProcess) -> None:
     assert scheduler.get("/healthz") == (200, "ok\n")
-    before = metric_samples(scheduler)
+    before = scheduler.metrics()
     apply(k8s_cluster, ns, bare_pod("counted", 0, tolerate=False))
     wait_for(
         lambda: kubectl_json(k8s_cluster, "get", "pod", "counted", "-n", ns)["spec"].get("nodeName"),
         30,
         "bound",
     )
-    after = metric_samples(scheduler)
+    after = scheduler.metrics()
     assert after["aiplane_scheduler_binds_total"] == before["aiplane_scheduler_binds_total"] + 1
     assert (
         after["aiplane_scheduler_cycle_duration_seconds_count"]
@@ -287,3 +234,36 @@ def test_health_metrics_and_sigterm(k8s_cluster: K8sCluster, ns: str, scheduler:
     assert after["aiplane_scheduler_unschedulable_gangs"] == 0
     assert scheduler.stop() == 0, scheduler.log_text()
     assert "aiplane scheduler stopped" in scheduler.log_text()
+
+
+def test_two_replicas_run_and_only_the_leader_binds(k8s_cluster: K8sCluster, ns: str, tmp_path: Path) -> None:
+    """Two schedulers share one Lease: one binds, the other only watches; on SIGTERM the
+    leader releases the Lease and the other takes over at once (no lease timeout to wait)."""
+    pair = [start_scheduler(k8s_cluster, tmp_path), start_scheduler(k8s_cluster, tmp_path)]
+    try:
+
+        def leaders() -> list[float]:
+            return [s.metrics().get("aiplane_scheduler_leader", -1.0) for s in pair]
+
+        wait_for(lambda: sorted(leaders()) == [0.0, 1.0], 30, "exactly one leader")
+        leader, follower = pair if leaders()[0] == 1.0 else pair[::-1]
+        apply(k8s_cluster, ns, *(bare_pod(f"led-{i}", 0, tolerate=False) for i in range(4)))
+        wait_for(lambda: all(p["spec"].get("nodeName") for p in pods_in(k8s_cluster, ns)), 30, "4 bound")
+        assert leader.metrics()["aiplane_scheduler_binds_total"] == 4
+        assert follower.metrics()["aiplane_scheduler_binds_total"] == 0
+        assert leaders().count(1.0) == 1  # never both
+
+        assert leader.stop() == 0, leader.log_text()
+        wait_for(lambda: follower.metrics().get("aiplane_scheduler_leader") == 1.0, 10, "the follower leads")
+        apply(k8s_cluster, ns, bare_pod("after-failover", 0, tolerate=False))
+        wait_for(
+            lambda: kubectl_json(k8s_cluster, "get", "pod", "after-failover", "-n", ns)["spec"].get(
+                "nodeName"
+            ),
+            30,
+            "bound by the new leader",
+        )
+        assert follower.metrics()["aiplane_scheduler_binds_total"] == 1
+    finally:
+        for s in pair:
+            s.stop()

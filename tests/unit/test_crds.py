@@ -152,9 +152,9 @@ def test_subresources_and_scale() -> None:
     ("kind", "columns"),
     [
         ("Model", ["Ready", "Replicas", "Engine", "GPUs", "Age"]),
-        ("TrainingJob", ["Status", "Workers", "Queue", "Age"]),
-        ("BatchJob", ["Status", "Completed", "Queue", "Age"]),
-        ("Queue", ["Cohort", "Age"]),
+        ("TrainingJob", ["Status", "Workers", "Queue", "Age", "Reason"]),
+        ("BatchJob", ["Status", "Completed", "Queue", "Age", "Reason"]),
+        ("Queue", ["Cohort", "Used", "Borrowed", "Admitted", "Pending", "Age"]),
     ],
 )
 def test_printer_columns(kind: str, columns: list[str]) -> None:

@@ -109,7 +109,7 @@ def test_h100_model_lowers_to_pvc_service_deployment_pdb(h100: Model) -> None:
     }
     assert deploy["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     pod = deploy["template"]["spec"]
-    assert "schedulerName" not in pod  # models use the default scheduler
+    assert pod["schedulerName"] == "aiplane"  # one scheduler for every GPU, shares included
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"

@@ -1,6 +1,5 @@
-"""Scheduling policies: local GPU placement, queue admission and cluster node placement."""
+"""Scheduling policies: quota admission, preemption, placement and the cycle that joins them."""
 
-from aiplane.policies.scheduling.admission import Admit, Demand, Pending, admit
 from aiplane.policies.scheduling.gpus import Fit, Gpu, NoFit, place
 from aiplane.policies.scheduling.nodes import (
     AffinityTerm,
@@ -18,9 +17,7 @@ from aiplane.policies.scheduling.nodes import (
 )
 
 __all__ = [
-    "Admit",
     "AffinityTerm",
-    "Demand",
     "Fit",
     "Gang",
     "GangDecision",
@@ -30,11 +27,9 @@ __all__ = [
     "MatchExpression",
     "NoFit",
     "NodeInfo",
-    "Pending",
     "PodRequest",
     "Taint",
     "Toleration",
-    "admit",
     "place",
     "place_gang",
     "place_gangs",

@@ -61,6 +61,18 @@ class PodShape:
 
 
 @dataclass(frozen=True)
+class Eligibility:
+    """Where a pod may go, whatever is free: ``mask`` per node, and each rejection's reason
+    as ``(reason, ok-mask)`` in filter order, so "why pending" can count them."""
+
+    mask: BoolArray
+    reasons: tuple[tuple[str, BoolArray], ...] = ()
+
+    def restricted(self, allowed: BoolArray, reason: str) -> Eligibility:
+        return Eligibility(self.mask & allowed, (*self.reasons, (reason, allowed)))
+
+
+@dataclass(frozen=True)
 class Placement:
     node: int
     devices: tuple[int, ...]
@@ -117,19 +129,27 @@ class Fleet:
             self._access[spec] = by_model[self.model] & (self.gpu_count > 0)
         return self._access[spec]
 
-    def feasible(self, pod: PodShape) -> BoolArray:
-        """Nodes that can take ``pod`` now: CPU, memory, GPU model, and enough devices with room."""
+    def feasible(self, pod: PodShape, eligible: Eligibility | None = None) -> BoolArray:
+        """Nodes that can take ``pod`` now: CPU, memory, GPU model, and enough devices with room.
+
+        ``eligible`` masks the nodes the pod may go on at all (taints, selectors, affinity,
+        reservations): what the runtime knows and the fleet does not.
+        """
         ok = (self.cpu_free >= pod.cpu_milli) & (self.memory_free >= pod.memory_mib)
+        if eligible is not None:
+            ok &= eligible.mask
         if pod.gpus <= 0 or pod.gpu_milli <= 0:
             return ok
         ok &= self.access(pod.gpu_spec)
         return ok & ((self.gpu_free >= pod.gpu_milli).sum(axis=1) >= pod.gpus)
 
-    def why_not(self, pod: PodShape) -> dict[str, int]:
+    def why_not(self, pod: PodShape, eligible: Eligibility | None = None) -> dict[str, int]:
         """How many nodes each filter rejected ``pod`` on (a node counts under its first failing filter)."""
         left = np.ones(len(self), dtype=bool)
         counts: dict[str, int] = {}
         checks: list[tuple[str, BoolArray]] = []
+        if eligible is not None:
+            checks += list(eligible.reasons)
         if pod.gpus > 0 and pod.gpu_milli > 0:
             checks.append(
                 (f"GPU model not in {pod.gpu_spec}" if pod.gpu_spec else "no GPU", self.access(pod.gpu_spec))
@@ -145,6 +165,17 @@ class Fleet:
                 counts[reason] = n
             left &= ok
         return counts
+
+    def emptied(self, nodes: Sequence[int]) -> Fleet:
+        """A copy with ``nodes`` as if nothing ran on them: where could a gang go once they drain?"""
+        other = self.copy()
+        idx = np.asarray(nodes, dtype=np.int64)
+        other.cpu_free[idx] = self.cpu_capacity[idx]
+        other.memory_free[idx] = self.memory_capacity[idx]
+        other.gpu_free[idx] = np.where(self.gpu_exists[idx], MILLI, 0)
+        for counts in other.tags.values():
+            counts[idx] = 0
+        return other
 
     def exclusive_devices(self, node: int, count: int) -> tuple[int, ...]:
         """The first ``count`` wholly free devices of ``node``, lowest index first."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aiplane.policies.scheduling.fleet import Fleet, Placement, PodShape
+from aiplane.policies.scheduling.fleet import Eligibility, Fleet, Placement, PodShape
 from aiplane.policies.scheduling.scorers import Scorer
 
 
@@ -32,34 +32,40 @@ def largest_first(pods: Sequence[PodShape]) -> list[int]:
     return sorted(range(len(pods)), key=lambda i: (-pods[i].total_milli, -pods[i].cpu_milli, i))
 
 
-def explain(fleet: Fleet, pod: PodShape) -> str:
+def explain(fleet: Fleet, pod: PodShape, eligible: Eligibility | None = None) -> str:
     """``0/1213 nodes fit: 1180 too few free GPUs, 33 GPU model not in V100M16|V100M32``."""
-    counts = fleet.why_not(pod)
+    counts = fleet.why_not(pod, eligible)
     fit = len(fleet) - sum(counts.values())
     parts = ", ".join(f"{n} {r}" for r, n in sorted(counts.items(), key=lambda rn: (-rn[1], rn[0])))
     return f"{fit}/{len(fleet)} nodes fit" + (f": {parts}" if parts else "")
 
 
 def place_gang(
-    fleet: Fleet, pods: Sequence[PodShape], scorer: Scorer, rng: np.random.Generator
+    fleet: Fleet,
+    pods: Sequence[PodShape],
+    scorer: Scorer,
+    rng: np.random.Generator,
+    eligible: Sequence[Eligibility | None] | None = None,
 ) -> GangFit | GangNoFit:
     """Placements for every pod of the gang, or the reason the first misfit found none.
 
     ``fleet`` is not changed; the caller binds the placements it accepts (and tells the
     scorer, through :meth:`Scorer.bound`). A lone pod needs no scratch copy.
+    ``eligible[i]`` restricts where pod ``i`` may go (None: anywhere it fits).
     """
+    where = list(eligible) if eligible is not None else [None] * len(pods)
     if len(pods) == 1:
-        fits = np.flatnonzero(fleet.feasible(pods[0]))
+        fits = np.flatnonzero(fleet.feasible(pods[0], where[0]))
         if not len(fits):
-            return GangNoFit(explain(fleet, pods[0]), pods[0])
+            return GangNoFit(explain(fleet, pods[0], where[0]), pods[0])
         return GangFit((scorer.place(fleet, pods[0], fits, rng),))
     scratch = fleet.copy()
     placed: dict[int, Placement] = {}
     for i in largest_first(pods):
         pod = pods[i]
-        fits = np.flatnonzero(scratch.feasible(pod))
+        fits = np.flatnonzero(scratch.feasible(pod, where[i]))
         if not len(fits):
-            reason = explain(scratch, pod)
+            reason = explain(scratch, pod, where[i])
             if len(pods) > 1:
                 reason = f"gang of {len(pods)} pods, {len(placed)} fit; {reason}"
             return GangNoFit(reason, pod)

@@ -16,7 +16,7 @@ AIPLANE_UID = 65532
 """The non-root user of the aiplane image (the distroless ``nonroot`` convention)."""
 
 SCHEDULER_NAME = "aiplane"
-"""``schedulerName`` of queued work (TrainingJob, BatchJob pods): the secondary scheduler."""
+"""``schedulerName`` of every aiplane pod (Model, TrainingJob, BatchJob): the secondary scheduler."""
 
 MANAGED_BY = "aiplane"
 
@@ -38,6 +38,8 @@ ANNOTATION_SERVED_MODEL = f"{GROUP}/served-model"
 ANNOTATION_GPU_FRACTION = f"{GROUP}/gpu-fraction"
 ANNOTATION_PRIORITY = f"{GROUP}/priority"
 ANNOTATION_GANG_SIZE = f"{GROUP}/gang-size"
+ANNOTATION_GPU_DEVICES = f"{GROUP}/gpu-devices"  # device indexes the aiplane scheduler chose, "0,1"
+ANNOTATION_PREEMPTED = f"{GROUP}/preempted"  # on a victim's pods: why, before their SIGTERM
 
 # What the NVIDIA device plugin and GPU feature discovery use.
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -28,7 +28,11 @@ the printer columns read these fields of it:
 
 * Model: ``replicas`` (int), ``readyReplicas`` (int), ``ready`` ("2/3"), ``selector``
   (a label selector string, for ``/scale``);
-* TrainingJob, BatchJob: ``phase``; BatchJob also ``completed`` ("3/8" shards);
+* TrainingJob, BatchJob: ``phase``; BatchJob also ``completed`` ("3/8" shards); and
+  ``admission``, which only the scheduler writes (``admitted``, ``reason``, ``flavor``,
+  ``borrowed``, ``preempted``): the ``REASON`` column says why a job waits;
+* Queue (written by the scheduler): ``used`` and ``borrowed`` ("H100 8/16"),
+  ``admittedWorkloads``, ``pendingWorkloads`` and ``flavors`` (the numbers per key);
 * all: ``conditions`` and ``observedGeneration`` per the API conventions.
 
 The scale subresource of Model maps ``/scale`` ``spec.replicas`` to
@@ -133,6 +137,7 @@ _COLUMNS: dict[str, list[Schema]] = {
         {"name": "Workers", "type": "integer", "jsonPath": ".spec.workers"},
         {"name": "Queue", "type": "string", "jsonPath": ".spec.queue"},
         _age(),
+        {"name": "Reason", "type": "string", "jsonPath": ".status.admission.reason"},
         {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule", "priority": 1},
     ],
     "BatchJob": [
@@ -140,10 +145,15 @@ _COLUMNS: dict[str, list[Schema]] = {
         {"name": "Completed", "type": "string", "jsonPath": ".status.completed"},
         {"name": "Queue", "type": "string", "jsonPath": ".spec.queue"},
         _age(),
+        {"name": "Reason", "type": "string", "jsonPath": ".status.admission.reason"},
         {"name": "Task", "type": "string", "jsonPath": ".spec.task", "priority": 1},
     ],
     "Queue": [
         {"name": "Cohort", "type": "string", "jsonPath": ".spec.cohort"},
+        {"name": "Used", "type": "string", "jsonPath": ".status.used"},
+        {"name": "Borrowed", "type": "string", "jsonPath": ".status.borrowed"},
+        {"name": "Admitted", "type": "integer", "jsonPath": ".status.admittedWorkloads"},
+        {"name": "Pending", "type": "integer", "jsonPath": ".status.pendingWorkloads"},
         _age(),
         {"name": "Weight", "type": "number", "jsonPath": ".spec.weight", "priority": 1},
     ],

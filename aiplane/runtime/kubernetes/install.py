@@ -99,7 +99,7 @@ def components(image: str) -> list[Component]:
             HEALTH_PORT,
             "/healthz",
             "/metrics",
-            1,
+            2,  # one Lease: the follower only keeps its caches warm
             {"cpu": "100m", "memory": "256Mi"},
             "512Mi",
         ),
@@ -158,7 +158,8 @@ def _rules() -> dict[str, list[Manifest]]:
             _rule("", ["pods/status"], ["patch", "update"]),
             _rule("", ["nodes"], READ),
             _rule("batch", ["jobs"], READ),  # a gang's size is its Job's parallelism
-            _rule(GROUP, ["queues"], READ),
+            _rule(GROUP, ["queues", "trainingjobs", "batchjobs"], READ),
+            _rule(GROUP, ["queues/status", "trainingjobs/status", "batchjobs/status"], ["get", "patch"]),
             *EVENTS,
         ],
         "gateway": [

@@ -52,3 +52,13 @@ def from_body(body: Mapping[str, Any]) -> AnyResource:
 def owner_of(body: Mapping[str, Any]) -> OwnerRef:
     meta = body["metadata"]
     return OwnerRef(body["apiVersion"], body["kind"], meta["name"], meta["uid"])
+
+
+def admission_of(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A TrainingJob's or BatchJob's ``status.admission``: only the scheduler writes it
+    (admitted, reason, flavor, borrowed, preempted); the operator follows it into ``suspend``."""
+    return dict((body.get("status") or {}).get("admission") or {})
+
+
+def is_admitted(body: Mapping[str, Any]) -> bool:
+    return bool(admission_of(body).get("admitted"))

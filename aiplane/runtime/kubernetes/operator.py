@@ -20,11 +20,10 @@ import kopf
 
 from aiplane.api import GROUP, VERSION, BatchJob, Model, TrainingJob
 from aiplane.errors import AiplaneError, KubernetesError, ValidationError
-from aiplane.policies.scheduling import Admit, Pending
 from aiplane.runtime.kubernetes import reconcile
 from aiplane.runtime.kubernetes.client import Kube
 from aiplane.runtime.kubernetes.lowering import DEFAULT_OPTIONS, LoweringOptions, selector_string
-from aiplane.runtime.kubernetes.objects import from_body, utc_now
+from aiplane.runtime.kubernetes.objects import admission_of, from_body, is_admitted, utc_now
 from aiplane.runtime.kubernetes.status import job_status, model_status, replicas_short
 
 KOPF_PREFIX = f"kopf.{GROUP}"  # kopf's bookkeeping annotations; never passed on to pods
@@ -149,36 +148,46 @@ def _register_job_handlers(registry: kopf.OperatorRegistry, plural: str) -> None
     @kopf.on.create(GROUP, VERSION, plural, registry=registry)
     @kopf.on.update(GROUP, VERSION, plural, field="spec", registry=registry)
     async def job_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        applied, decision = await _guard(body, reconcile.reconcile_job(_kube(memo), body, _opts(memo)))
-        await _job_status(body, patch, memo, decision)
-        kopf.info(body, reason="Reconciled", message=f"applied {', '.join(applied.names)}; {decision.reason}")
+        applied = await _guard(body, reconcile.reconcile_job(_kube(memo), body, _opts(memo)))
+        await _job_status(body, patch, memo)
+        kopf.info(body, reason="Reconciled", message=f"applied {', '.join(applied.names)}")
 
     @kopf.timer(GROUP, VERSION, plural, interval=STATUS_SECONDS, registry=registry)
     async def job_status_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        decision = None
-        if not reconcile.is_admitted(body):  # quota may have freed: try again
-            _, decision = await _guard(body, reconcile.reconcile_job(_kube(memo), body, _opts(memo)))
-            if isinstance(decision, Admit):
-                kopf.info(body, reason="Admitted", message=decision.reason)
-        await _job_status(body, patch, memo, decision)
+        await _job_status(body, patch, memo)
 
 
-async def _job_status(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, decision: Admit | Pending | None
-) -> None:
+async def _job_status(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+    """Follow the scheduler's ``status.admission`` into the Job's ``suspend``, then report."""
     meta = body["metadata"]
     job = from_body(body)
     assert isinstance(job, TrainingJob | BatchJob)
-    if decision is None:
-        decision = await reconcile.admission(_kube(memo), body, job)
     kube = _kube(memo)
     scheduled = isinstance(job, TrainingJob) and job.spec.schedule
-    cron = await kube.get("batch/v1", "CronJob", meta["name"], meta["namespace"]) if scheduled else None
-    native = None if scheduled else await kube.get("batch/v1", "Job", meta["name"], meta["namespace"])
+    kind = "CronJob" if scheduled else "Job"
+    native = await kube.get("batch/v1", kind, meta["name"], meta["namespace"])
+    admitted = is_admitted(body)
+    spec = (native or {}).get("spec") or {}
+    suspended = (spec.get("jobTemplate", {}).get("spec", spec)).get("suspend")
+    finished = (body.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+    if native is not None and bool(suspended) == admitted and not finished:
+        await _guard(body, reconcile.reconcile_job(kube, body, _opts(memo)))
+        what = "resumed: admitted" if admitted else "suspended: not admitted"
+        kopf.info(body, reason="Admitted" if admitted else "Suspended", message=f"{kind} {what}")
+        native = await kube.get("batch/v1", kind, meta["name"], meta["namespace"])
+    cron = native if scheduled else None
     completions = job.spec.workers if isinstance(job, TrainingJob) else job.spec.shards
     old = body.get("status") or {}
     now = utc_now()
-    new = job_status(meta.get("generation", 0), native, decision, completions, old, now, cron=cron)
+    new = job_status(
+        meta.get("generation", 0),
+        None if scheduled else native,
+        admission_of(body),
+        completions,
+        old,
+        now,
+        cron=cron,
+    )
     if new.get("phase") != old.get("phase") and new.get("phase") in ("Running", "Succeeded", "Failed"):
         kopf.info(
             body, reason=str(new["phase"]), message=f"{new.get('succeeded', 0)}/{completions} completed"

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiplane.policies.scheduling import Admit, Pending
-
 Manifest = dict[str, Any]
 
 
@@ -131,19 +129,33 @@ def _job_finished(job: Manifest) -> str | None:
 def job_status(
     generation: int,
     job: Manifest | None,
-    admission: Admit | Pending,
+    admission: Manifest,
     completions: int,
     previous: Manifest,
     now: str,
     cron: Manifest | None = None,
 ) -> Manifest:
-    """Admitted/Running/Succeeded/Failed from the Job (or the CronJob of a scheduled job)."""
+    """Admitted/Running/Succeeded/Failed from the Job (or the CronJob of a scheduled job).
+
+    ``admission`` is the scheduler's ``status.admission``; its reason becomes the
+    ``Admitted`` condition's message (quota and placement, "why pending"), and a
+    preemption shows as ``Preempted=True`` until the job is admitted again.
+    """
     old = previous.get("conditions")
-    admitted = isinstance(admission, Admit)
+    admitted = bool(admission.get("admitted"))
+    reason = str(admission.get("reason") or "waiting for the aiplane scheduler")
+    preempted = admission.get("preempted") or {}
+    why = "QuotaReserved" if admitted else ("Preempted" if preempted else "Pending")
     conds = [
+        condition("Admitted", admitted, why, reason, now, old),
         condition(
-            "Admitted", admitted, "QuotaReserved" if admitted else "Pending", admission.reason, now, old
-        )
+            "Preempted",
+            bool(preempted) and not admitted,
+            "Preempted" if preempted else "NotPreempted",
+            str(preempted.get("reason", "")),
+            now,
+            old,
+        ),
     ]
     status: Manifest = {"observedGeneration": generation, "completions": completions}
     if cron is not None:
@@ -161,7 +173,8 @@ def job_status(
     finished = _job_finished(job) if job else None
     running = active > 0 and finished is None
     phase = finished and ("Succeeded" if finished == "Complete" else "Failed")
-    phase = phase or ("Running" if running else ("Admitted" if admitted else "Pending"))
+    queued = "Preempted" if preempted and not admitted else "Pending"
+    phase = phase or ("Running" if running else ("Admitted" if admitted else queued))
     done, lost = finished == "Complete", finished == "Failed"
     progress = f"{succeeded}/{completions} completed"
     conds += [

@@ -17,7 +17,9 @@ under ``/data/<claim>`` and passed as local paths; other URIs pass through uncha
 
 from __future__ import annotations
 
-from aiplane.api import BatchJob
+import math
+
+from aiplane.api import BatchJob, parse_duration
 from aiplane.runtime.kubernetes.constants import (
     AIPLANE_UID,
     ANNOTATION_GANG_SIZE,
@@ -129,6 +131,7 @@ def lower_batch_job(
         "schedulerName": SCHEDULER_NAME,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": math.ceil(parse_duration(spec.grace_period)),
     }
     gpu.apply(pod)
     pod["containers"] = [container]

@@ -25,6 +25,7 @@ from aiplane.runtime.kubernetes.constants import (
     LABEL_NAME,
     LABEL_PART_OF,
     MANAGED_BY,
+    SCHEDULER_NAME,
 )
 
 Manifest = dict[str, Any]
@@ -81,6 +82,7 @@ class LoweringOptions:
     cache_access_mode: str = "ReadWriteOnce"
     shared_access_mode: str = "ReadWriteMany"
     default_cache_size: str = "20Gi"
+    model_scheduler: str = SCHEDULER_NAME  # "default-scheduler" hands Model replicas back to kube's
     default_checkpoint_size: str = "50Gi"
 
 

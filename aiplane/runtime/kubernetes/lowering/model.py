@@ -2,12 +2,12 @@
 
 Decisions, and why:
 
-* **Default scheduler, not ``schedulerName: aiplane``.** Replicas are independent,
-  long-lived pods with no gang to place together, and serving is the latency-critical
-  path: a scale-up must not wait on (or die with) the aiplane scheduler. Queue quotas
-  and gang placement are what the aiplane scheduler is for, so jobs use it and models
-  do not. GPU model and whole-GPU limits are still honoured by the default scheduler
-  through the node selector and ``nvidia.com/gpu``.
+* **The aiplane scheduler** (``schedulerName: aiplane``, ``LoweringOptions.model_scheduler``).
+  One scheduler sees every GPU: a replica with ``gpus: 0.5`` gets half a device that
+  another half-GPU replica shares (kube-scheduler counts whole ``nvidia.com/gpu`` units
+  and would strand the other half), and serving and training are placed against the same
+  fragmentation-aware policy. Replicas take no queue quota and are never preempted;
+  the scheduler runs two replicas under a Lease so a scale-up never waits on one.
 * **Replicas come from the caller.** The operator's autoscaler decides how many;
   lowering only describes them (``replicas`` defaults to ``spec.replicas.min``).
 * **Probes for slow loads.** The startup probe allows 30 minutes for GPU engines (a
@@ -251,6 +251,7 @@ def _deployment(
     launch: ContainerLaunch,
     storage: _Storage,
     gpu: GpuPlacement,
+    options: LoweringOptions,
 ) -> Manifest:
     pod_labels = labels(model, APP, COMPONENT, **{LABEL_MODEL: model.name, LABEL_ENGINE: model.spec.engine})
     volumes = list(storage.volumes)
@@ -260,6 +261,7 @@ def _deployment(
         "automountServiceAccountToken": False,  # a model server has no business with the API
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": grace_period_s(model),
+        "schedulerName": options.model_scheduler,
         "topologySpreadConstraints": [
             {
                 "maxSkew": 1,
@@ -368,7 +370,7 @@ def lower_model(
     objects = [
         *storage.claims,
         _service(model, namespace, owner),
-        _deployment(model, namespace, owner, count, launch, storage, gpu),
+        _deployment(model, namespace, owner, count, launch, storage, gpu, options),
     ]
     if model.spec.replicas.min >= 2:
         objects.append(_pdb(model, namespace, owner))

@@ -54,7 +54,6 @@ APP = "trainingjob"
 COMPONENT = "training-worker"
 MASTER_PORT = 29500
 CHECKPOINT_MOUNT = "/checkpoints"
-TERMINATION_GRACE_S = 120  # time to write a last checkpoint on SIGTERM (preemption, drain)
 CRONJOB_NAME_MAX = 52  # the CronJob controller appends an 11-character suffix to Job names
 INDEX_FIELD = f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"
 
@@ -184,7 +183,7 @@ def _job_spec(
         "schedulerName": SCHEDULER_NAME,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+        "terminationGracePeriodSeconds": math.ceil(parse_duration(spec.grace_period)),
     }
     gpu.apply(pod)
     pod["containers"] = [container]
