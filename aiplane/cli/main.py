@@ -23,6 +23,7 @@ from aiplane.runtime.local import PlaneOptions, Store, run
 from aiplane.runtime.local.defaults import default_model
 from aiplane.runtime.local.paths import aiplane_home, db_path
 from aiplane.runtime.local.process import alive
+from aiplane.runtime.local.workloads import JOB_KINDS, devices_text, local_job
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -142,19 +143,8 @@ def get(
                 r.message[:80],
             )
         console.print(t)
-    elif what in ("jobs", "job", "trainingjobs", "batchjobs"):
-        t = table("KIND", "NAME", "QUEUE", "STATUS", "AGE")
-        for kind in ("TrainingJob", "BatchJob"):
-            for item in store.resources(kind):
-                queue = getattr(item.resource.spec, "queue", "-")
-                t.add_row(
-                    kind,
-                    item.resource.name,
-                    queue,
-                    "Accepted (the local job runner comes with the jobs issues)",
-                    age(item.created, now),
-                )
-        console.print(t)
+    elif what in ("jobs", "job", "trainingjobs", "batchjobs", "tj", "bj"):
+        _get_jobs(store, now)
     elif what in ("queues", "queue"):
         t = table("NAME", "QUOTA", "COHORT", "AGE")
         for item in store.resources("Queue"):
@@ -170,6 +160,34 @@ def get(
         console.print(t)
     else:
         raise AiplaneError(f"unknown resource type {what!r} (models, replicas, jobs, queues, events)")
+
+
+def _get_jobs(store: Store, now: float) -> None:
+    """Jobs with their phase and why: the scheduling core's reason while Pending."""
+    statuses = store.job_statuses()
+    t = table("KIND", "NAME", "QUEUE", "PHASE", "GPUS", "DEVICES", "RESTARTS", "AGE", "REASON")
+    for kind in JOB_KINDS:
+        for item in store.resources(kind):
+            job = local_job(item.resource, item.generation, item.created)
+            row = statuses.get((kind, job.name))
+            current = row is not None and row.generation == item.generation
+            phase = row.phase if row and current else "Pending"
+            reason = (
+                row.reason if row and current else "waiting for a plane" if not _plane_running(store) else ""
+            )
+            devices = devices_text(row.devices) if row and current else "-"
+            t.add_row(
+                kind,
+                job.name,
+                job.queue,
+                phase,
+                f"{job.demand.gpu:g}",
+                devices,
+                str(row.restarts if row and current else 0),
+                age(item.created, now),
+                reason,
+            )
+    console.print(t)
 
 
 @app.command()

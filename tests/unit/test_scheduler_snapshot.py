@@ -1,4 +1,4 @@
-"""From API objects to the placement snapshot: quantities, usage, pod requests, gangs."""
+"""From API objects to what the scheduler reads: quantities, pod requests, node shapes, gangs."""
 
 from __future__ import annotations
 
@@ -9,16 +9,17 @@ import pytest
 
 from aiplane.api import API_VERSION, BatchJob, TrainingJob, parse_yaml
 from aiplane.dev.kwok_nodes import fleet
-from aiplane.policies.scheduling.nodes import AffinityTerm, MatchExpression, Toleration
+from aiplane.policies.scheduling.filters import AffinityTerm, MatchExpression, Toleration
+from aiplane.policies.scheduling.gpumodel import canonical
 from aiplane.runtime.kubernetes.lowering.batch import lower_batch_job
 from aiplane.runtime.kubernetes.lowering.training import lower_training_job
+from aiplane.runtime.kubernetes.scheduling_view import build_view, node_filter_info, node_shape
 from aiplane.runtime.kubernetes.snapshot import (
     SnapshotError,
     assemble_gangs,
     count_indexes,
     gang_key,
     job_gang_size,
-    node_info,
     pod_amounts,
     pod_request,
     quantity,
@@ -126,8 +127,10 @@ def test_a_lowered_training_worker_reads_as_its_request() -> None:
     )
     assert isinstance(job, TrainingJob)
     template = next(o for o in lower_training_job(job, "ml") if o["kind"] == "Job")["spec"]["template"]
-    request = pod_request({"metadata": {"name": "ft-0", **template["metadata"]}, "spec": template["spec"]})
-    assert (request.gpus, request.cpu_milli, request.memory) == (8, 16_000, 64 * GiB)
+    worker = {"metadata": {"name": "ft-0", **template["metadata"]}, "spec": template["spec"]}
+    amounts = pod_amounts(worker)
+    assert (amounts.gpus, amounts.cpu_milli, amounts.memory) == (8, 16_000, 64 * GiB)
+    request = pod_request(worker)
     assert request.node_selector == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert request.tolerations == (Toleration("nvidia.com/gpu", "Exists", "", "NoSchedule"),)
 
@@ -156,19 +159,27 @@ def test_required_node_affinity_and_match_fields_are_read() -> None:
 
 def test_a_kwok_gpu_node_with_bound_pods() -> None:
     node = next(n for n in fleet(["1x8:H100"], 0) if n["metadata"]["name"] == "gpu-h100-0")
+    shape = node_shape(node)
+    assert (shape.name, shape.gpus, shape.cpu_milli, shape.memory_mib) == (
+        "gpu-h100-0",
+        8,
+        192_000,
+        2048 * 1024,
+    )
+    assert shape.model == canonical("H100")
+    info = node_filter_info(node)
+    assert info.labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+    assert [str(t) for t in info.taints] == ["nvidia.com/gpu=present"]
     bound = [
         pod("a", gpus=4, cpu="8", memory="100Gi", node="gpu-h100-0"),
         pod("b", gpus=2, node="gpu-h100-0"),
+        pod("done", gpus=2, node="gpu-h100-0", phase="Succeeded"),  # a finished pod holds nothing
     ]
-    info = node_info(node, bound)
-    assert (info.allocatable_gpus, info.allocatable_cpu_milli, info.allocatable_memory) == (
-        8,
-        192_000,
-        2048 * GiB,
-    )
-    assert (info.used_gpus, info.used_cpu_milli, info.used_memory, info.used_pods) == (6, 8000, 100 * GiB, 2)
-    assert info.labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
-    assert [str(t) for t in info.taints] == ["nvidia.com/gpu=present"]
+    view = build_view([node], bound, [], [], {}, now=0.0)
+    assert view.problems == []
+    f = view.fleet
+    assert int((f.gpu_free[0] == 1000).sum()) == 2  # 8 GPUs, 6 held
+    assert (int(f.cpu_free[0]), int(f.memory_free[0])) == (192_000 - 8000, (2048 - 100) * 1024)
 
 
 @pytest.mark.parametrize(

@@ -1,28 +1,20 @@
 """Scheduling policies: quota admission, preemption, placement and the cycle that joins them."""
 
-from aiplane.policies.scheduling.gpus import Fit, Gpu, NoFit, place
-from aiplane.policies.scheduling.nodes import (
+from aiplane.policies.scheduling.filters import (
     AffinityTerm,
     Gang,
-    GangDecision,
-    GangFit,
-    GangNoFit,
     MatchExpression,
     NodeInfo,
     PodRequest,
     Taint,
     Toleration,
-    place_gang,
-    place_gangs,
 )
+from aiplane.policies.scheduling.gpus import Fit, Gpu, NoFit, place
 
 __all__ = [
     "AffinityTerm",
     "Fit",
     "Gang",
-    "GangDecision",
-    "GangFit",
-    "GangNoFit",
     "Gpu",
     "MatchExpression",
     "NoFit",
@@ -31,6 +23,4 @@ __all__ = [
     "Taint",
     "Toleration",
     "place",
-    "place_gang",
-    "place_gangs",
 ]

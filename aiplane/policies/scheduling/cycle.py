@@ -10,10 +10,11 @@ snapshot, a :class:`Fleet` with every running pod bound on it, the queues, what 
 * :class:`Wait`: the one "why pending" line, quota and placement together, and the
   nodes reserved for it if it starved.
 
-Order is Kueue's: workloads whose quota is already held (or that take none) first, then
-:func:`~aiplane.policies.scheduling.quota.fair_order` (priority, weighted dominant share,
-age). A workload must fit its quota *and* the nodes at once, so an admitted gang never
-waits for GPUs its quota promised. When it fits neither way by itself:
+Order is Kueue's: workloads whose quota is already held first, then everything else by
+:func:`~aiplane.policies.scheduling.quota.fair_order`'s key (priority, the queue's
+weighted dominant share, with quota-free work at 0, then age). A workload must fit its
+quota *and* the nodes at once, so an admitted gang never waits for GPUs its quota
+promised. When it fits neither way by itself:
 
 * quota short, :func:`~aiplane.policies.scheduling.quota.admit` may name victims (lower
   priority in its queue, or borrowers when it reclaims lent quota);
@@ -40,7 +41,7 @@ import numpy as np
 from aiplane.policies.scheduling.fleet import MILLI, Eligibility, Fleet, Placement, PodShape
 from aiplane.policies.scheduling.gangs import GangFit, place_gang
 from aiplane.policies.scheduling.outcome import Mode
-from aiplane.policies.scheduling.quota import Admitted, QueueSpec, Usage, admit, fair_order
+from aiplane.policies.scheduling.quota import Admitted, QueueSpec, Usage, admit, dominant_share
 from aiplane.policies.scheduling.scorers import BestFit, Scorer
 from aiplane.policies.scheduling.workload import EPS, Workload
 
@@ -107,8 +108,13 @@ class Evict:
 
 @dataclass(frozen=True)
 class Wait:
+    """Why a workload waits. ``cause`` is what stops it: ``quota``, ``placement``,
+    ``preemption`` (its victims are being evicted or still stopping) or ``stopping``
+    (its own previous run still holds resources)."""
+
     key: str
     reason: str
+    cause: str = "placement"
     reserved: tuple[int, ...] = ()  # node indexes held for it
 
 
@@ -151,17 +157,21 @@ def schedule(
     waiting = {c.key for c in candidates}
     reserved = {k: v for k, v in (reservations or {}).items() if k in waiting}
     evicting = {h.key for h in holders if h.evicting}
-    ready = [c for c in candidates if c.admitted or not c.queued]
-    ready.sort(key=lambda c: (-c.workload.priority, c.workload.created, c.key))
-    by_key = {c.key: c for c in candidates if c.queued and not c.admitted}
-    queued = [by_key[w.key] for w in fair_order([c.workload for c in by_key.values()], queues, usage)]
-    for c in [*ready, *queued]:
+    ready = sorted(
+        (c for c in candidates if c.admitted), key=lambda c: (-c.workload.priority, c.workload.created, c.key)
+    )
+    rest = _order([c for c in candidates if not c.admitted], queues, usage)
+    for c in [*ready, *rest]:
+        if c.key in holding and not c.admitted:  # its last run still holds what it had
+            result.waits.append(Wait(c.key, "waiting for its previous run to stop", "stopping"))
+            continue
         blocked_by = [v for v in (preempting or {}).get(c.key, ()) if v in holding]
         if blocked_by:
             result.waits.append(
                 Wait(
                     c.key,
                     f"waiting for {len(blocked_by)} preempted workload(s) to stop: {', '.join(blocked_by)}",
+                    "preemption",
                 )
             )
             continue
@@ -172,11 +182,17 @@ def schedule(
         if c.queued and not c.admitted:
             outcome = admit(c.workload, queues, usage)
             if outcome.mode == Mode.NoFit:
-                result.waits.append(Wait(c.key, outcome.reason))
+                result.waits.append(Wait(c.key, outcome.reason, "quota"))
                 continue
             if outcome.mode == Mode.Preempt:
                 if evicting & set(outcome.victims):
-                    result.waits.append(Wait(c.key, f"{outcome.reason}; waiting for them to stop"))
+                    result.waits.append(
+                        Wait(c.key, f"{outcome.reason}; waiting for them to stop", "preemption")
+                    )
+                    continue
+                # a victim started in this very cycle, or one that may not be preempted: no
+                if any(v not in holding or not holding[v].preemptible for v in outcome.victims):
+                    result.waits.append(Wait(c.key, f"{outcome.reason}; not preemptible now", "quota"))
                     continue
                 quota_victims = outcome.victims
             flavor, borrowed, quota_reason = outcome.flavor, outcome.borrowed, outcome.reason
@@ -191,6 +207,9 @@ def schedule(
             found = _node_victims(scratch, c, where, holders, evicting | set(quota_victims), scorer, rng)
             if found is not None:
                 node_victims = found
+            elif quota_victims:  # evicting them would free quota the gang could not use anyway
+                quota_victims = ()
+                placed = place_gang(fleet, c.pods, scorer, rng, where)
         victims = [*quota_victims, *node_victims]
         if victims:
             for v in victims:
@@ -199,7 +218,9 @@ def schedule(
                 result.evictions.append(Evict(v, c.key, why))
                 evicting.add(v)
             reason = f"preempting {len(victims)} workload(s): {', '.join(victims)}"
-            result.waits.append(Wait(c.key, f"{quota_reason}; {reason}" if quota_reason else reason))
+            result.waits.append(
+                Wait(c.key, f"{quota_reason}; {reason}" if quota_reason else reason, "preemption")
+            )
             continue
         if isinstance(placed, GangFit):
             for pod, placement in zip(c.pods, placed.placements, strict=True):
@@ -222,9 +243,24 @@ def schedule(
             names = [fleet.names[i] for i in reserved[c.key]]
             shown = ", ".join(names[:8]) + (f" (+{len(names) - 8})" if len(names) > 8 else "")
             reason += f"; waited {c.waiting_s:.0f}s, reserved {shown}"
-        result.waits.append(Wait(c.key, reason, reserved.get(c.key, ())))
+        result.waits.append(Wait(c.key, reason, "placement", reserved.get(c.key, ())))
     result.reservations = reserved
     return result
+
+
+def _order(candidates: Sequence[Candidate], queues: Mapping[str, QueueSpec], usage: Usage) -> list[Candidate]:
+    """Priority first, whether or not a workload takes quota; then the queue's weighted
+    dominant share (quota-free work counts as 0), then age: ``fair_order``'s key."""
+    shares: dict[str, float] = {}
+
+    def share(c: Candidate) -> float:
+        if not c.queued:
+            return 0.0
+        if c.workload.queue not in shares:
+            shares[c.workload.queue] = dominant_share(c.workload.queue, queues, usage)
+        return shares[c.workload.queue]
+
+    return sorted(candidates, key=lambda c: (-c.workload.priority, share(c), c.workload.created, c.key))
 
 
 def _reserved_mask(fleet: Fleet, reserved: Mapping[str, tuple[int, ...]], but: str) -> np.ndarray:
@@ -243,7 +279,10 @@ def _eligibility(
         return where
     holder = next(k for k, v in reserved.items() if k != c.key and others[list(v)].any())
     out: list[Eligibility | None] = []
-    for e in where:
+    for pod, e in zip(c.pods, where, strict=True):
+        if not (pod.gpus and pod.gpu_milli):  # a reservation holds GPUs; CPU-only pods pass
+            out.append(e)
+            continue
         base = e or Eligibility(np.ones(len(others), dtype=bool))
         out.append(base.restricted(~others, f"reserved for {holder}"))
     return out

@@ -29,9 +29,7 @@ import numpy as np
 from aiplane.api import BatchJob, Queue, TrainingJob, parse_duration
 from aiplane.errors import AiplaneError
 from aiplane.policies.scheduling.cycle import Candidate, Holder
-from aiplane.policies.scheduling.fleet import MILLI, Eligibility, Fleet, NodeShape, Placement, PodShape
-from aiplane.policies.scheduling.gpumodel import canonical
-from aiplane.policies.scheduling.nodes import (
+from aiplane.policies.scheduling.filters import (
     NodeAffinity,
     NodeInfo,
     NodeSelector,
@@ -40,6 +38,8 @@ from aiplane.policies.scheduling.nodes import (
     Taint,
     TaintToleration,
 )
+from aiplane.policies.scheduling.fleet import MILLI, Eligibility, Fleet, NodeShape, Placement, PodShape
+from aiplane.policies.scheduling.gpumodel import canonical
 from aiplane.policies.scheduling.quota import QueueSpec
 from aiplane.policies.scheduling.workload import Demand, WorkloadInfo
 from aiplane.runtime.kubernetes.constants import (

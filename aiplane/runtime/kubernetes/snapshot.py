@@ -1,14 +1,12 @@
-"""Turn the API server's Nodes, Pods and Jobs into the placement policy's snapshot.
+"""Read the API server's Pods and Jobs: requests, quantities, node filters' inputs, gangs.
 
 Pure functions over plain dicts (what :class:`Kube` returns), so how aiplane reads a
-pod's requests, a node's usage or a Job's gang is unit-tested without a cluster. The
-scheduler loop (``scheduler.py``) does the reading and the writing.
+pod's requests, where it may go or a Job's gang is unit-tested without a cluster. The
+scheduling view (``scheduling_view.py``) turns them into the cycle's input.
 
-Usage is what the default scheduler counts: the requests of every pod bound to the node
-and not finished (a pod being deleted still holds its GPUs until it is gone). A pod's
-request is its containers' requests summed, or its largest init container's when that
-is larger, plus ``overhead``; GPUs come from ``nvidia.com/gpu`` limits (an extended
-resource's request always equals its limit).
+A pod's request is its containers' requests summed, or its largest init container's
+when that is larger, plus ``overhead``; GPUs come from ``nvidia.com/gpu`` limits (an
+extended resource's request always equals its limit).
 """
 
 from __future__ import annotations
@@ -20,15 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from aiplane.policies.scheduling.nodes import (
-    AffinityTerm,
-    Gang,
-    MatchExpression,
-    NodeInfo,
-    PodRequest,
-    Taint,
-    Toleration,
-)
+from aiplane.policies.scheduling.filters import AffinityTerm, Gang, MatchExpression, PodRequest, Toleration
 from aiplane.runtime.kubernetes.constants import (
     ANNOTATION_GANG_SIZE,
     ANNOTATION_PRIORITY,
@@ -139,9 +129,8 @@ def _expressions(raw: Iterable[Manifest], on_field: bool) -> list[MatchExpressio
 
 
 def pod_request(pod: Manifest) -> PodRequest:
-    """The policy's view of a pending pod: what it needs and where it may go."""
+    """Where a pending pod may go: what the static node filters read of it."""
     spec = pod.get("spec") or {}
-    amounts = pod_amounts(pod)
     node_affinity = (spec.get("affinity") or {}).get("nodeAffinity") or {}
     required = node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
     terms = tuple(
@@ -159,41 +148,10 @@ def pod_request(pod: Manifest) -> PodRequest:
     )
     return PodRequest(
         name=pod["metadata"]["name"],
-        gpus=amounts.gpus,
-        cpu_milli=amounts.cpu_milli,
-        memory=amounts.memory,
         node_selector=dict(spec.get("nodeSelector") or {}),
         required_affinity_terms=terms,
         tolerations=tolerations,
     )
-
-
-def node_info(node: Manifest, bound: Iterable[Manifest]) -> NodeInfo:
-    """A node with the usage of the ``bound`` pods (those whose ``spec.nodeName`` is it)."""
-    meta, spec = node["metadata"], node.get("spec") or {}
-    alloc = (node.get("status") or {}).get("allocatable") or {}
-    bound = list(bound)
-    used = sum((pod_amounts(p) for p in bound), Amounts())
-    try:
-        return NodeInfo(
-            name=meta["name"],
-            labels=dict(meta.get("labels") or {}),
-            taints=tuple(
-                Taint(t["key"], t.get("value", ""), t.get("effect", "NoSchedule"))
-                for t in spec.get("taints") or []
-            ),
-            allocatable_gpus=_whole(alloc.get(GPU_RESOURCE, 0)),
-            allocatable_cpu_milli=_milli(alloc.get("cpu", 0)),
-            allocatable_memory=_whole(alloc.get("memory", 0)),
-            allocatable_pods=_whole(alloc.get("pods", 110)),
-            used_gpus=used.gpus,
-            used_cpu_milli=used.cpu_milli,
-            used_memory=used.memory,
-            used_pods=len(bound),
-            unschedulable=bool(spec.get("unschedulable")),
-        )
-    except SnapshotError as exc:
-        raise SnapshotError(f"node {meta['name']}: {exc}") from None
 
 
 def is_active(pod: Manifest) -> bool:
@@ -314,15 +272,10 @@ def assemble_gangs(
         if len(pods) + have < size:
             waiting.append(Waiting(key, f"waiting for the gang: {len(pods) + have} of {size} pods exist"))
             continue
-        try:
-            requests = tuple(pod_request(p) for p in pods)
-        except SnapshotError as exc:
-            waiting.append(Waiting(key, str(exc)))
-            continue
         priorities = [_int_field(p["metadata"], ANNOTATION_PRIORITY) or 0 for p in pods]
         gang = Gang(
             job_key=key,
-            pods=requests,
+            pods=tuple(pod_request(p) for p in pods),
             min_available=max(1, min(len(pods), size - have)),
             priority=max(priorities),
             created=min(_created(p["metadata"]) for p in pods),

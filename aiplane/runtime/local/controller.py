@@ -29,6 +29,7 @@ from aiplane.policies.autoscaling import (
 from aiplane.policies.scheduling import Fit, Gpu, place
 from aiplane.runtime.local.discovery import LocalDiscovery
 from aiplane.runtime.local.gpus import visible_devices_env
+from aiplane.runtime.local.jobs import JobRunner
 from aiplane.runtime.local.process import alive, cmdline, free_port, kill_group, probe
 from aiplane.runtime.local.store import ModelStatusRow, ReplicaRow, Store
 from aiplane.runtime.local.supervisor import Replica, State, Supervisor
@@ -62,6 +63,7 @@ class LocalController:
         self._shares: dict[str, float] = {}
         self._written: dict[str, tuple[object, ...]] = {}
         self.autoscaler = ConcurrencyAutoscaler()
+        self.jobs = JobRunner(store, gpus, logs / "jobs", self.event, host)
 
     # -- events and observed state -------------------------------------------------
     def event(self, ref: str, reason: str, message: str) -> None:
@@ -97,7 +99,12 @@ class LocalController:
 
     # -- adoption on start ---------------------------------------------------------
     async def adopt_or_replace(self) -> None:
-        """Adopt live replicas a previous plane left; kill and forget everything else."""
+        """Adopt live replicas a previous plane left; kill and forget everything else.
+
+        Jobs are not adopted (their exit codes died with the plane): their leftover
+        workers are killed and the jobs requeued.
+        """
+        await self.jobs.recover()
         desired = {s.resource.name: s for s in self.store.resources("Model")}
         for row in self.store.replicas():
             stored = desired.get(row.model)
@@ -171,6 +178,17 @@ class LocalController:
             self._states.pop(gone, None)
             self._written.pop(gone, None)
             self.discovery.set_unavailable(gone, None)
+        # Jobs count replicas still stopping too: a GPU is free once the process is gone.
+        await self.jobs.reconcile(now, self._replicas_held(self.supervisor.holding()))
+
+    def _replicas_held(self, replicas: list[Replica] | None = None) -> dict[int, float]:
+        """The share of each GPU that model replicas hold (from this tick's read)."""
+        used: dict[int, float] = {}
+        for r in self.supervisor.replicas.values() if replicas is None else replicas:
+            share = self._gpu_share(r.model)
+            for d in r.devices:
+                used[d] = used.get(d, 0.0) + share
+        return used
 
     async def _reconcile_model(self, model: Model, generation: int, now: float) -> None:
         mine = [r for r in self.supervisor.replicas.values() if r.model == model.name]
@@ -241,11 +259,9 @@ class LocalController:
 
     def _scale_up(self, model: Model, generation: int, count: int) -> str | None:
         for _ in range(count):
-            used: dict[int, float] = {}
-            for r in self.supervisor.replicas.values():
-                share = self._gpu_share(r.model)
-                for d in r.devices:
-                    used[d] = used.get(d, 0.0) + share
+            used = self._replicas_held()
+            for d, share in self.jobs.held().items():  # running jobs hold theirs
+                used[d] = used.get(d, 0.0) + share
             fit = place(self.gpus, used, model.spec.resources.gpus, model.spec.resources.gpu_model)
             if not isinstance(fit, Fit):
                 return f"Pending: {fit.reason}"

@@ -72,10 +72,10 @@ async def serve(
         store, default_registry(), load, discover(), logs_dir(options.home), options.host, options.on_event
     )
     if watchdog is not None:
-        watchdog.watch(controller.supervisor.pids)
+        watchdog.watch(lambda: [*controller.supervisor.pids(), *controller.jobs.pids()])
     signals = install_stop_signals(stop, on_repeat=watchdog.fire if watchdog else None)
     gateway = Gateway(controller.discovery, load=load, config=GatewayConfig(api_keys=options.api_keys))
-    async with controller.supervisor:
+    async with controller.supervisor, controller.jobs:
         await controller.adopt_or_replace()
         # Held or streaming requests get SHUTDOWN_GRACE to finish; then the plane stops anyway.
         # A client that hangs up cancels its handler, and so the replica's generation.

@@ -33,6 +33,12 @@ CREATE TABLE IF NOT EXISTS model_status (
     reason TEXT NOT NULL, autoscaler TEXT NOT NULL DEFAULT '{}', updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     ts REAL NOT NULL, ref TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS job_status (
+    kind TEXT NOT NULL, name TEXT NOT NULL, generation INTEGER NOT NULL, phase TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '', flavor TEXT, devices TEXT NOT NULL DEFAULT '[]',
+    pids TEXT NOT NULL DEFAULT '[]', argv TEXT NOT NULL DEFAULT '[]',
+    restarts INTEGER NOT NULL DEFAULT 0, started REAL, finished REAL, updated REAL NOT NULL,
+    PRIMARY KEY (kind, name));
 CREATE TABLE IF NOT EXISTS plane (
     id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL, address TEXT NOT NULL,
     started REAL NOT NULL);
@@ -69,6 +75,29 @@ class ModelStatusRow:
     ready: int
     reason: str
     autoscaler: dict[str, Any]
+    updated: float
+
+
+@dataclass(frozen=True)
+class JobStatusRow:
+    """A TrainingJob's or BatchJob's observed state: phase, why, and what it holds.
+
+    ``devices`` has one entry per worker (or BatchJob slot): the GPU indices it runs on.
+    ``pids``/``argv`` let a restarted plane recognise its leftover workers.
+    """
+
+    kind: str
+    name: str
+    generation: int
+    phase: str  # Pending | Running | Succeeded | Failed
+    reason: str
+    flavor: str | None
+    devices: list[list[int]]
+    pids: list[int]
+    argv: list[str]
+    restarts: int
+    started: float | None
+    finished: float | None
     updated: float
 
 
@@ -126,6 +155,8 @@ class Store:
             cur = db.execute("DELETE FROM resources WHERE kind=? AND name=?", (kind, name))
             if kind == "Model" and cur.rowcount > 0:
                 db.execute("DELETE FROM model_status WHERE model=?", (name,))
+            if cur.rowcount > 0:
+                db.execute("DELETE FROM job_status WHERE kind=? AND name=?", (kind, name))
             return cur.rowcount > 0
 
     def resources(self, kind: str | None = None) -> list[StoredResource]:
@@ -182,6 +213,33 @@ class Store:
         with self._tx() as db:
             rows = db.execute("SELECT * FROM model_status").fetchall()
         return {r[0]: ModelStatusRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows}
+
+    def set_job_status(self, row: JobStatusRow) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO job_status VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    row.kind, row.name, row.generation, row.phase, row.reason, row.flavor,
+                    json.dumps(row.devices), json.dumps(row.pids), json.dumps(row.argv),
+                    row.restarts, row.started, row.finished, row.updated,
+                ),
+            )  # fmt: skip
+
+    def remove_job_status(self, kind: str, name: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM job_status WHERE kind=? AND name=?", (kind, name))
+
+    def job_statuses(self) -> dict[tuple[str, str], JobStatusRow]:
+        """Every job's status, by (kind, name)."""
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM job_status").fetchall()
+        return {
+            (r[0], r[1]): JobStatusRow(
+                r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), json.loads(r[7]), json.loads(r[8]),
+                r[9], r[10], r[11], r[12],
+            )
+            for r in rows
+        }  # fmt: skip
 
     def event(self, ref: str, reason: str, message: str) -> None:
         with self._tx() as db:

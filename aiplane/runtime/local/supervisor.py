@@ -179,6 +179,10 @@ class Supervisor:
             self._stopping.pop(replica.id, None)
         self._set(replica, State.STOPPED, "stopped")
 
+    def holding(self) -> list[Replica]:
+        """Every replica whose process may still hold its GPUs: supervised, or stopping."""
+        return [*self.replicas.values(), *self._stopping.values()]
+
     def pids(self) -> list[int]:
         """Process groups of every replica not yet known gone: what a hard stop must kill.
 
