@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from aiplane.runtime.kubernetes.gateway import build_app
 from aiplane.runtime.kubernetes.lowering import lower
 from aiplane.runtime.kubernetes.objects import from_body, owner_of
 from tests.k8s.conftest import K8sCluster, eventually
-from tests.k8s.operator_fixture import install_crds
+from tests.k8s.operator_fixture import install_crds, start_scheduler
 
 pytestmark = pytest.mark.k8s
 
@@ -39,8 +39,12 @@ POD_READY_S = 60.0  # KWOK pods are ready in a second or two; scheduling and sli
 
 
 @pytest.fixture(scope="module")
-def crds(k8s_cluster: K8sCluster) -> None:
+def crds(k8s_cluster: K8sCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The CRDs, and the aiplane scheduler: Model replicas name ``schedulerName: aiplane``."""
     install_crds(k8s_cluster)  # server-side apply: idempotent, shared with the operator tests
+    scheduler = start_scheduler(k8s_cluster, tmp_path_factory.mktemp("scheduler"))
+    yield
+    scheduler.stop()
 
 
 @pytest.fixture
