@@ -244,7 +244,9 @@ def test_a_gang_never_runs_partly_and_a_starving_gang_gets_its_reservation(
     # small work arriving now would fit beside small-1, but the nodes are held for the gang
     apply(k8s_cluster, training("small-2", workers=1, gpus=1, complete_after="3s"), ns)
     wait_for(
-        lambda: "reserved for TrainingJob" in str(admission(k8s_cluster, ns, "small-2").get("reason")), 30, ""
+        lambda: "reserved for TrainingJob" in str(admission(k8s_cluster, ns, "small-2").get("reason")),
+        30,
+        "small-2 held off the reserved nodes",
     )
     assert not running_pods(k8s_cluster, ns, "small-2")
     # when small-1 ends the gang starts, all 4 pods at once, and small-2 runs after it
@@ -290,7 +292,9 @@ def test_a_pending_job_says_why_in_status_event_and_printer_column(k8s_cluster: 
         assert f"queue {name}: 40 H100 fit its quota" in why, why
         assert "gang of 5 pods, 4 fit" in why and "nodes fit" in why, why
         wait_for(
-            lambda: conditions(tj(k8s_cluster, ns, "wide")).get("Admitted", {}).get("message") == why, 30, ""
+            lambda: conditions(tj(k8s_cluster, ns, "wide")).get("Admitted", {}).get("message") == why,
+            30,
+            "the Admitted condition carrying the reason",
         )
         assert conditions(tj(k8s_cluster, ns, "wide"))["Admitted"]["status"] == "False"
         (event,) = events(k8s_cluster, ns, "wide", "Pending")[:1]

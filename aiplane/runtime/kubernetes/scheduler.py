@@ -78,8 +78,10 @@ from aiplane.runtime.kubernetes.objects import admission_of
 from aiplane.runtime.kubernetes.scheduling_view import (
     JobPlan,
     View,
+    build_view,
     devices_text,
     job_key,
+    pod_owner_key,
 )
 from aiplane.runtime.kubernetes.snapshot import Manifest, owner_job, pod_ref
 
@@ -267,8 +269,6 @@ class Scheduler:
 
     async def _native_jobs(self, pods: Iterable[Manifest]) -> dict[tuple[str, str], Manifest | None]:
         """The batch Jobs owning aiplane pods that no TrainingJob or BatchJob runs (their gang size)."""
-        from aiplane.runtime.kubernetes.scheduling_view import pod_owner_key
-
         wanted = sorted(
             {
                 (p["metadata"].get("namespace", ""), job)
@@ -283,8 +283,6 @@ class Scheduler:
         return dict(zip(wanted, found, strict=True))
 
     def view(self, native: dict[tuple[str, str], Manifest | None], now: float) -> View:
-        from aiplane.runtime.kubernetes.scheduling_view import build_view
-
         # list items of some servers omit kind: the view keys jobs by it
         jobs = [
             {**body, "kind": kind, "apiVersion": API_VERSION}

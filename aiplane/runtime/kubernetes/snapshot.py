@@ -28,7 +28,6 @@ from aiplane.runtime.kubernetes.constants import (
 )
 
 Manifest = dict[str, Any]
-TERMINAL_PHASES = ("Succeeded", "Failed")
 LEGACY_JOB_NAME_LABEL = "job-name"
 
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)(?:([eE][+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?)$")
@@ -152,10 +151,6 @@ def pod_request(pod: Manifest) -> PodRequest:
         required_affinity_terms=terms,
         tolerations=tolerations,
     )
-
-
-def is_active(pod: Manifest) -> bool:
-    return (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES
 
 
 # -- gangs ---------------------------------------------------------------------------------------
