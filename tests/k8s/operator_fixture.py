@@ -158,3 +158,21 @@ def start_scheduler(cluster: K8sCluster, log_dir: Path, *args: str) -> Scheduler
     wait_for(lambda: sched.get("/healthz")[0] == 200 or proc.poll() is not None, 60, "scheduler /healthz")
     assert proc.poll() is None, sched.log_text()
     return sched
+
+
+def live_pods_on(cluster: K8sCluster, node_prefix: str) -> list[str]:
+    """``namespace/name@node`` of every bound, unfinished pod on nodes named ``node_prefix*``,
+    from any test: what a test waits to be gone before it counts GPUs."""
+    pods = kubectl_json(
+        cluster,
+        "get",
+        "pods",
+        "-A",
+        "--field-selector",
+        "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed",
+    )
+    return [
+        f"{p['metadata']['namespace']}/{p['metadata']['name']}@{p['spec']['nodeName']}"
+        for p in pods["items"]
+        if p["spec"]["nodeName"].startswith(node_prefix)
+    ]

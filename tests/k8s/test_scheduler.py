@@ -22,6 +22,7 @@ from tests.k8s.operator_fixture import (
     apply_yaml,
     install_crds,
     kubectl_json,
+    live_pods_on,
     start_scheduler,
     wait_for,
 )
@@ -44,26 +45,10 @@ def scheduler(
         sched.stop()
 
 
-def active_gpu_pods(cluster: K8sCluster) -> list[str]:
-    pods = kubectl_json(
-        cluster,
-        "get",
-        "pods",
-        "-A",
-        "--field-selector",
-        "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed",
-    )
-    return [
-        f"{p['metadata']['namespace']}/{p['metadata']['name']}@{p['spec']['nodeName']}"
-        for p in pods["items"]
-        if p["spec"]["nodeName"].startswith("gpu-")
-    ]
-
-
 @pytest.fixture
 def ns(k8s_cluster: K8sCluster, k8s_namespace: str, scheduler: SchedulerProcess) -> Iterator[str]:
     """A namespace on empty GPU nodes, emptied again after the test (namespace deletion is slow)."""
-    wait_for(lambda: not active_gpu_pods(k8s_cluster), 30, "GPU nodes free of other tests' pods")
+    wait_for(lambda: not live_pods_on(k8s_cluster, "gpu-"), 30, "GPU nodes free of other tests' pods")
     yield k8s_namespace
     k8s_cluster.kubectl("delete", "jobs,pods", "--all", "-n", k8s_namespace, "--grace-period=0", "--force")
     wait_for(lambda: not pods_in(k8s_cluster, k8s_namespace), 30, f"pods of {k8s_namespace} deleted")

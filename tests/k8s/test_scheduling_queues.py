@@ -21,6 +21,7 @@ from tests.k8s.operator_fixture import (
     apply_yaml,
     install_crds,
     kubectl_json,
+    live_pods_on,
     start_scheduler,
     wait_for,
 )
@@ -41,31 +42,14 @@ def platform(
     op.stop()
 
 
-def h100_pods(cluster: K8sCluster) -> list[str]:
-    """Live pods on the H100 nodes (``gpu-h100-N``), from any test."""
-    pods = kubectl_json(
-        cluster,
-        "get",
-        "pods",
-        "-A",
-        "--field-selector",
-        "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed",
-    )
-    return [
-        f"{p['metadata']['namespace']}/{p['metadata']['name']}"
-        for p in pods["items"]
-        if p["spec"]["nodeName"].startswith("gpu-h100")
-    ]
-
-
 @pytest.fixture
 def ns(
     k8s_cluster: K8sCluster, k8s_namespace: str, platform: tuple[Operator, SchedulerProcess]
 ) -> Iterator[str]:
-    wait_for(lambda: not h100_pods(k8s_cluster), 60, "H100 nodes free of other tests' pods")
+    wait_for(lambda: not live_pods_on(k8s_cluster, "gpu-h100"), 60, "H100 nodes free of other tests' pods")
     yield k8s_namespace
     k8s_cluster.kubectl("delete", "trainingjobs,batchjobs", "--all", "-n", k8s_namespace, "--wait=false")
-    wait_for(lambda: not h100_pods(k8s_cluster), 60, "H100 nodes emptied")
+    wait_for(lambda: not live_pods_on(k8s_cluster, "gpu-h100"), 60, "H100 nodes emptied")
 
 
 def training(

@@ -20,7 +20,7 @@ GPUs, a pod's share of a device or a TrainingJob's gang is unit-tested without a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -404,14 +404,7 @@ def build_view(
                 continue  # no plan (a restarted scheduler): place the gang once all its pods exist
             if rest:
                 try:
-                    view.candidates.append(
-                        Candidate(
-                            workload,
-                            tuple(pod_shape(p) for p in rest),
-                            tuple(eligibility(p) for p in rest),
-                            admitted=True,
-                        )
-                    )
+                    view.candidates.append(pod_candidate(workload, rest, eligibility, admitted=True))
                     view.pods[key] = rest
                 except SnapshotError as exc:
                     view.problems.append(f"{key}: {exc}")
@@ -457,18 +450,29 @@ def build_view(
                 created=gang.created,
                 gang_size=len(members),
             )
-            view.candidates.append(
-                Candidate(
-                    info,
-                    tuple(pod_shape(p) for p in members),
-                    tuple(eligibility(p) for p in members),
-                    queued=False,
-                )
-            )
+            view.candidates.append(pod_candidate(info, members, eligibility, queued=False))
             view.pods[info.key] = members
         except SnapshotError as exc:
             view.problems.append(f"{gang.job_key}: {exc}")
     return view
+
+
+def pod_candidate(
+    workload: WorkloadInfo,
+    pods: Sequence[Manifest],
+    eligibility: Callable[[Manifest], Eligibility],
+    *,
+    admitted: bool = False,
+    queued: bool = True,
+) -> Candidate:
+    """A candidate whose pods exist already: their shapes and where each may go."""
+    return Candidate(
+        workload,
+        tuple(pod_shape(p) for p in pods),
+        tuple(eligibility(p) for p in pods),
+        admitted=admitted,
+        queued=queued,
+    )
 
 
 def _since(admission: Mapping[str, Any], created: float) -> float:
