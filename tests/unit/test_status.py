@@ -1,10 +1,10 @@
-"""Model status from its Deployment and, when replicas are short, from its pods."""
+"""Model status from its Deployment and pods; job status from its Job and the admission record."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from aiplane.runtime.kubernetes.status import model_status, pod_trouble
+from aiplane.runtime.kubernetes.status import job_status, model_status, pod_trouble
 
 NOW = "2026-11-29T05:00:00Z"
 UNSCHEDULABLE = {
@@ -65,3 +65,23 @@ def test_pods_are_not_consulted_when_every_replica_is_ready() -> None:
     stale = pod("m-old", phase="Pending", conditions=[UNSCHEDULABLE])  # e.g. a surge pod mid-rollout
     status = model_status(1, deployment(1, 1), "app=m", {}, NOW, [stale])
     assert degraded(status) == ("False", "AsExpected", "")
+
+
+def job(active: int) -> dict[str, Any]:
+    return {"spec": {"suspend": False}, "status": {"active": active}}
+
+
+def test_a_preempted_job_in_its_grace_period_is_preempted_not_running() -> None:
+    preempted = {"admitted": False, "reason": "requeued", "preempted": {"by": "TrainingJob/ns/high"}}
+    status = job_status(1, job(active=2), preempted, 2, {}, NOW)
+    assert status["phase"] == "Preempted" and status["active"] == 2
+    conds = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conds["Preempted"] == "True" and conds["Running"] == "True"  # pods still checkpointing
+
+
+def test_an_admitted_job_runs_and_a_readmitted_one_is_no_longer_preempted() -> None:
+    again = {"admitted": True, "reason": "admitted", "preempted": {"by": "TrainingJob/ns/high"}}
+    status = job_status(1, job(active=2), again, 2, {}, NOW)
+    assert status["phase"] == "Running"
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Preempted"] == "False"
+    assert job_status(1, job(active=0), {"admitted": False}, 2, {}, NOW)["phase"] == "Pending"

@@ -173,8 +173,10 @@ def job_status(
     finished = _job_finished(job) if job else None
     running = active > 0 and finished is None
     phase = finished and ("Succeeded" if finished == "Complete" else "Failed")
-    queued = "Preempted" if preempted and not admitted else "Pending"
-    phase = phase or ("Running" if running else ("Admitted" if admitted else queued))
+    # A preempted job whose pods are still in their checkpoint grace is stopping, not Running.
+    evicted = bool(preempted) and not admitted
+    waiting = "Admitted" if admitted else "Pending"
+    phase = phase or ("Preempted" if evicted else "Running" if running else waiting)
     done, lost = finished == "Complete", finished == "Failed"
     progress = f"{succeeded}/{completions} completed"
     conds += [
