@@ -9,7 +9,7 @@ import numpy as np
 from aiplane.policies.scheduling import scorers
 from aiplane.policies.scheduling.cycle import schedule
 from aiplane.runtime.kubernetes.scheduler import target_workload
-from aiplane.runtime.kubernetes.scheduling_view import JobPlan, build_view, pod_shape
+from aiplane.runtime.kubernetes.scheduling_view import JobPlan, ShapeCache, build_view, pod_shape
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 TOLERATE = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -179,3 +179,44 @@ def test_pods_of_other_schedulers_hold_devices_and_model_pods_are_placed_without
         np.random.default_rng(0),
     )
     assert [(p.node, p.devices) for p in result.starts[0].placements] == [(0, (1,))]
+
+
+def stored(p: dict[str, Any], uid: str, version: str) -> dict[str, Any]:
+    p["metadata"] |= {"uid": uid, "resourceVersion": version}
+    return p
+
+
+def test_the_shape_cache_parses_a_pod_once_per_version_and_forgets_pods_that_are_gone() -> None:
+    cache = ShapeCache()
+    half = stored(pod("a", fraction="0.5"), "u-a", "1")
+    cache.begin()
+    assert cache(half).gpu_milli == 500
+    # the same version is not parsed again (nothing but a new version can change it)
+    same = stored(pod("a", fraction="0.25"), "u-a", "1")
+    cache.begin()
+    assert cache(same).gpu_milli == 500
+    changed = stored(pod("a", fraction="0.25"), "u-a", "2")
+    cache.begin()
+    assert cache(changed).gpu_milli == 250
+    cache.begin()  # a cycle without the pod
+    cache.begin()
+    assert len(cache) == 0
+    assert cache(same).gpu_milli == 250 and len(cache) == 1  # gone from the cache: parsed afresh
+    template = pod("t", fraction="0.5")  # no uid: never cached
+    assert cache(template).gpu_milli == 500 and len(cache) == 1
+
+
+def test_a_view_read_through_the_cache_is_the_view_read_afresh() -> None:
+    nodes = [node("n1"), node("n2")]
+    pods = [
+        stored(pod("bound", "n1", fraction="0.5", devices="3"), "u1", "7"),
+        stored(pod("pending", gpus=2), "u2", "9"),
+    ]
+    cache = ShapeCache()
+    for _ in range(2):  # the second round is served from the cache
+        cache.begin()
+        cached = build_view(nodes, pods, [], [], {}, 0.0, shape_of=cache)
+        fresh = build_view(nodes, pods, [], [], {}, 0.0)
+        assert np.array_equal(cached.fleet.gpu_free, fresh.fleet.gpu_free)
+        assert [c.pods for c in cached.candidates] == [c.pods for c in fresh.candidates]
+        assert cached.fleet.gpu_free[0][3] == 500

@@ -33,6 +33,7 @@ their pods end the gang's room grows and it starts; it can no longer starve.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -157,6 +158,10 @@ def schedule(
     waiting = {c.key for c in candidates}
     reserved = {k: v for k, v in (reservations or {}).items() if k in waiting}
     evicting = {h.key for h in holders if h.evicting}
+    # who could be a victim, lowest priority first: a gang that fits nowhere looks only at
+    # the prefix below its own priority, not at every holder (thousands of bound pods)
+    victims_by_priority = sorted((h for h in holders if h.preemptible), key=lambda h: h.workload.priority)
+    victim_priorities = [h.workload.priority for h in victims_by_priority]
     ready = sorted(
         (c for c in candidates if c.admitted), key=lambda c: (-c.workload.priority, c.workload.created, c.key)
     )
@@ -204,7 +209,8 @@ def schedule(
         placed = place_gang(scratch, c.pods, scorer, rng, where)
         node_victims: list[str] = []
         if not isinstance(placed, GangFit):
-            found = _node_victims(scratch, c, where, holders, evicting | set(quota_victims), scorer, rng)
+            below = victims_by_priority[: bisect_left(victim_priorities, c.workload.priority)]
+            found = _node_victims(scratch, c, where, below, evicting | set(quota_victims), scorer, rng)
             if found is not None:
                 node_victims = found
             elif quota_victims:  # evicting them would free quota the gang could not use anyway
@@ -300,30 +306,25 @@ def _node_victims(
     fleet: Fleet,
     c: Candidate,
     where: Sequence[Eligibility | None],
-    holders: Sequence[Holder],
+    lower: Sequence[Holder],
     taken: set[str],
     scorer: Scorer,
     rng: np.random.Generator,
 ) -> list[str] | None:
     """The fewest lower-priority workloads whose eviction lets ``c``'s gang fit, or None.
 
-    Candidates are holders of lower priority with a pod on a node some pod of ``c`` may
-    use, lowest priority first, then newest; added until the gang fits on the scratch
-    copy, then every victim the fit does not need is dropped again (newest first).
+    ``lower`` are the preemptible holders of lower priority than ``c``. Candidates are
+    those with a pod on a node some pod of ``c`` may use, lowest priority first, then
+    newest; added until the gang fits on the scratch copy, then every victim the fit does
+    not need is dropped again (newest first).
     """
-    prio = c.workload.priority
+    if not lower:
+        return None
     usable = np.zeros(len(fleet), dtype=bool)
     for pod, e in zip(c.pods, where, strict=True):
         ok = fleet.access(pod.gpu_spec) if pod.gpus and pod.gpu_milli else np.ones(len(fleet), dtype=bool)
         usable |= ok & (e.mask if e is not None else True)
-    pool = [
-        h
-        for h in holders
-        if h.preemptible
-        and h.key not in taken
-        and h.workload.priority < prio
-        and any(usable[p.node] for _, p in h.pods)
-    ]
+    pool = [h for h in lower if h.key not in taken and any(usable[p.node] for _, p in h.pods)]
     if not pool:
         return None
     pool.sort(key=lambda h: (h.workload.priority, -h.workload.created, h.key))

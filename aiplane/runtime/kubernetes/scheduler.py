@@ -77,6 +77,7 @@ from aiplane.runtime.kubernetes.leader import LeaderElector
 from aiplane.runtime.kubernetes.objects import admission_of
 from aiplane.runtime.kubernetes.scheduling_view import (
     JobPlan,
+    ShapeCache,
     View,
     build_view,
     devices_text,
@@ -216,6 +217,7 @@ class Scheduler:
             }
         )
         self.rng = np.random.default_rng(0)
+        self.shapes = ShapeCache()
         self.plans: dict[str, JobPlan] = {}
         self.reservations: dict[str, tuple[str, ...]] = {}  # workload key -> node names
         self.preempting: dict[str, list[str]] = {}  # preemptor -> victims still stopping
@@ -289,6 +291,7 @@ class Scheduler:
             for kind, plural in JOB_PLURALS.items()
             for body in self.cache[plural].items()
         ]
+        self.shapes.begin()
         return build_view(
             self.cache["nodes"].items(),
             self.cache["pods"].items(),
@@ -297,6 +300,7 @@ class Scheduler:
             self.plans,
             now,
             native,
+            shape_of=self.shapes,
         )
 
     async def cycle(self) -> CycleReport:

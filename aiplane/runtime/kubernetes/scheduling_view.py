@@ -130,6 +130,34 @@ def pod_shape(pod: Manifest) -> PodShape:
     )
 
 
+class ShapeCache:
+    """Pod shapes by (uid, resourceVersion), so a cycle parses only the pods that changed.
+
+    A pod's demand changes only with its object (any change bumps ``resourceVersion``).
+    Call :meth:`begin` once per cycle: shapes not asked for in the last cycle are dropped.
+    """
+
+    def __init__(self) -> None:
+        self._current: dict[tuple[str, str], PodShape] = {}
+        self._previous: dict[tuple[str, str], PodShape] = {}
+
+    def begin(self) -> None:
+        self._previous, self._current = self._current, {}
+
+    def __len__(self) -> int:
+        return len(self._current)
+
+    def __call__(self, pod: Manifest) -> PodShape:
+        meta = pod.get("metadata") or {}
+        uid, version = meta.get("uid"), meta.get("resourceVersion")
+        if not uid or not version:  # a template, not a stored object
+            return pod_shape(pod)
+        key = (str(uid), str(version))
+        shape = self._current.get(key) or self._previous.get(key) or pod_shape(pod)
+        self._current[key] = shape
+        return shape
+
+
 def devices_hint(pod: Manifest) -> tuple[int, ...] | None:
     raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_GPU_DEVICES)
     if not raw:
@@ -290,8 +318,12 @@ def build_view(
     plans: Mapping[str, JobPlan],
     now: float,
     native_jobs: Mapping[tuple[str, str], Manifest | None] | None = None,
+    shape_of: Callable[[Manifest], PodShape] = pod_shape,
 ) -> View:
-    """Everything the cycle needs, from the cached objects (see the module docstring)."""
+    """Everything the cycle needs, from the cached objects (see the module docstring).
+
+    ``shape_of`` reads a pod's demand; the scheduler passes a :class:`ShapeCache`.
+    """
     shapes, infos, problems = [], [], []
     for raw in sorted(nodes, key=lambda n: n["metadata"]["name"]):
         try:
@@ -326,7 +358,7 @@ def build_view(
             if node is None:
                 continue
             try:
-                shape = pod_shape(pod)
+                shape = shape_of(pod)
                 placement = place_bound(fleet, shape, node, devices_hint(pod))
                 fleet.bind(shape, placement)
             except (SnapshotError, ValueError) as exc:
@@ -377,7 +409,7 @@ def build_view(
                 if plan and plan[0][0] in index:
                     node_name, devices = plan.pop(0)
                     try:
-                        shape = pod_shape(pod)
+                        shape = shape_of(pod)
                         placement = Placement(index[node_name], devices)
                         fleet.bind(shape, placement)
                     except (SnapshotError, ValueError):
@@ -393,7 +425,7 @@ def build_view(
                 if node_name not in index:
                     continue
                 template = template or _template_pods(body, job)[0]
-                shape = pod_shape(template)
+                shape = shape_of(template)
                 try:
                     fleet.bind(shape, Placement(index[node_name], devices))
                 except ValueError:
@@ -404,7 +436,9 @@ def build_view(
                 continue  # no plan (a restarted scheduler): place the gang once all its pods exist
             if rest:
                 try:
-                    view.candidates.append(pod_candidate(workload, rest, eligibility, admitted=True))
+                    view.candidates.append(
+                        pod_candidate(workload, rest, eligibility, admitted=True, shape_of=shape_of)
+                    )
                     view.pods[key] = rest
                 except SnapshotError as exc:
                     view.problems.append(f"{key}: {exc}")
@@ -419,7 +453,7 @@ def build_view(
             view.candidates.append(
                 Candidate(
                     workload,
-                    tuple(pod_shape(p) for p in template_pods),
+                    tuple(shape_of(p) for p in template_pods),
                     tuple(eligibility(p) for p in template_pods),
                     # no Queue named "default": jobs left in it run without quota, as before queues
                     queued=workload.queue in view.queues or workload.queue != DEFAULT_QUEUE,
@@ -450,7 +484,7 @@ def build_view(
                 created=gang.created,
                 gang_size=len(members),
             )
-            view.candidates.append(pod_candidate(info, members, eligibility, queued=False))
+            view.candidates.append(pod_candidate(info, members, eligibility, queued=False, shape_of=shape_of))
             view.pods[info.key] = members
         except SnapshotError as exc:
             view.problems.append(f"{gang.job_key}: {exc}")
@@ -464,11 +498,12 @@ def pod_candidate(
     *,
     admitted: bool = False,
     queued: bool = True,
+    shape_of: Callable[[Manifest], PodShape] = pod_shape,
 ) -> Candidate:
     """A candidate whose pods exist already: their shapes and where each may go."""
     return Candidate(
         workload,
-        tuple(pod_shape(p) for p in pods),
+        tuple(shape_of(p) for p in pods),
         tuple(eligibility(p) for p in pods),
         admitted=admitted,
         queued=queued,
