@@ -352,7 +352,7 @@ async def test_a_failing_worker_restarts_the_gang_then_fails(tmp_path: Path) -> 
             and "maxRestarts 1" in row.reason
         )
         assert sorted(row.devices) == [[0], [1]]
-        assert runner.held() == {} and runner.pids() == []
+        assert runner.snapshot_for_replicas({}).running == () and runner.pids() == []
     reasons = [r for ref, r, _ in events.events if ref == "TrainingJob/flaky"]
     assert reasons == ["Started", "Restarting", "Failed"]
     log = (tmp_path / "logs" / "trainingjob-flaky" / "worker-1.log").read_text()
@@ -467,7 +467,7 @@ async def test_a_preempted_job_checkpoints_on_sigterm_and_runs_again_after(tmp_p
             os.kill(victim, 0)
         assert checkpoint.read_text() == "step 7"  # it had its grace to write a checkpoint
         await run_until(runner, store, phase_of("TrainingJob", "low", "Succeeded", "Failed"))
-        assert runner.preempting == {} and runner.held() == {}
+        assert runner.preempting == {} and runner.snapshot_for_replicas({}).running == ()
     assert store.job_statuses()[("TrainingJob", "low")].phase == "Succeeded"
     assert "resumed from step 7" in log.read_text()
     low = [(r, m) for ref, r, m in events.events if ref == "TrainingJob/low"]

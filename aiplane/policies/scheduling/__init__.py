@@ -9,18 +9,15 @@ from aiplane.policies.scheduling.filters import (
     Taint,
     Toleration,
 )
-from aiplane.policies.scheduling.gpus import Fit, Gpu, NoFit, place
+from aiplane.policies.scheduling.gpus import Gpu
 
 __all__ = [
     "AffinityTerm",
-    "Fit",
     "Gang",
     "Gpu",
     "MatchExpression",
-    "NoFit",
     "NodeInfo",
     "PodRequest",
     "Taint",
     "Toleration",
-    "place",
 ]

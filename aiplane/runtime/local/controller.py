@@ -1,8 +1,10 @@
 """The local controller: level-triggered reconcile of desired Models against replicas.
 
 Each tick reads desired state from SQLite, asks the autoscaling policy how many
-replicas each model needs, places them on GPUs with the scheduling policy, and tells
-the supervisor to start or stop processes. Only this module writes observed state.
+replicas each model needs, places them on GPUs with the shared scheduling cycle (the
+one local jobs run in, with the jobs runner's reservations, so a replica never takes
+the GPUs held for a starving job), and tells the supervisor to start or stop processes.
+Only this module writes observed state.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from aiplane.policies.autoscaling import (
     ConcurrencyAutoscaler,
     decide,
 )
-from aiplane.policies.scheduling import Fit, Gpu, place
+from aiplane.policies.scheduling import Gpu
+from aiplane.runtime.local.cycle import Wait, place_replica
 from aiplane.runtime.local.discovery import LocalDiscovery
 from aiplane.runtime.local.gpus import visible_devices_env
 from aiplane.runtime.local.jobs import JobRunner
@@ -178,13 +181,13 @@ class LocalController:
             self._states.pop(gone, None)
             self._written.pop(gone, None)
             self.discovery.set_unavailable(gone, None)
-        # Jobs count replicas still stopping too: a GPU is free once the process is gone.
-        await self.jobs.reconcile(now, self._replicas_held(self.supervisor.holding()))
+        await self.jobs.reconcile(now, self._replicas_held())
 
-    def _replicas_held(self, replicas: list[Replica] | None = None) -> dict[int, float]:
-        """The share of each GPU that model replicas hold (from this tick's read)."""
+    def _replicas_held(self) -> dict[int, float]:
+        """The share of each GPU that model replicas hold (from this tick's read), stopping
+        ones too: a GPU is free once the process is gone."""
         used: dict[int, float] = {}
-        for r in self.supervisor.replicas.values() if replicas is None else replicas:
+        for r in self.supervisor.holding():
             share = self._gpu_share(r.model)
             for d in r.devices:
                 used[d] = used.get(d, 0.0) + share
@@ -258,24 +261,24 @@ class LocalController:
         return AutoscalerState()
 
     def _scale_up(self, model: Model, generation: int, count: int) -> str | None:
+        resources = model.spec.resources
         for _ in range(count):
-            used = self._replicas_held()
-            for d, share in self.jobs.held().items():  # running jobs hold theirs
-                used[d] = used.get(d, 0.0) + share
-            fit = place(self.gpus, used, model.spec.resources.gpus, model.spec.resources.gpu_model)
-            if not isinstance(fit, Fit):
-                return f"Pending: {fit.reason}"
+            snapshot = self.jobs.snapshot_for_replicas(self._replicas_held())
+            placed = place_replica(snapshot, model.name, resources.gpus, resources.gpu_model)
+            if isinstance(placed, Wait):
+                return f"Pending: {placed.reason}"
+            (devices,) = placed.devices
             port = free_port(self.host)
             try:
-                launch = self._launch(model, port, fit.devices)
+                launch = self._launch(model, port, devices)
             except AiplaneError as exc:
                 return f"EngineError: {exc}"
             rid = f"{model.name}-{uuid.uuid4().hex[:6]}"
             replica = Replica(
-                rid, model.name, generation, self.host, port, fit.devices,
+                rid, model.name, generation, self.host, port, devices,
                 self.logs / model.name / f"{rid}.log", launch,
             )  # fmt: skip
-            self.event(model.ref, "ScaleUp", f"{rid} on port {port} ({fit.reason})")
+            self.event(model.ref, "ScaleUp", f"{rid} on port {port} ({placed.reason})")
             self.supervisor.start(replica)
         return None
 

@@ -3,26 +3,31 @@
 The local runtime does not schedule on its own: it hands
 :func:`aiplane.policies.scheduling.cycle.schedule`, the cycle the Kubernetes scheduler
 and the simulator run, a snapshot of this machine and maps the decisions back to GPU
-indices. So what is benchmarked is what runs here.
+indices. So what is benchmarked is what runs here, for jobs and Model replicas alike.
 
 * This machine's GPUs are a :class:`Fleet` of one node (a machine with mixed GPU models
   is one node per model, since a fleet node has one model).
 * What holds GPUs is a :class:`Holder` bound on it: the Model replicas (one holder, no
-  quota, never preempted: the cycle only places jobs) and every running job, with the
-  quota key it counts against when Queues exist. A job whose workers are still stopping
-  holds its GPUs too (``evicting``), until they are gone.
-* Every pending job is a :class:`Candidate`. It takes quota when Queues exist, except a
-  job of queue ``default`` while no Queue is named so (as on Kubernetes).
+  quota, never preempted) and every running job, with the quota key it counts against
+  when Queues exist. A job whose workers are still stopping holds its GPUs too
+  (``evicting``), until they are gone.
+* :func:`schedule`: every pending job is a :class:`Candidate`. It takes quota when Queues
+  exist, except a job of queue ``default`` while no Queue is named so (as on Kubernetes).
+* :func:`place_replica`: one new Model replica is a candidate that takes no quota, as a
+  Model pod is on Kubernetes, placed on the same fleet with the jobs runner's
+  reservations: a replica cannot take the GPUs held for a starving job, and replicas and
+  jobs follow one placement rule. It never preempts, and is never preempted.
 
 The cycle orders them, admits them by quota, places their slots all or nothing with the
 ``aiplane`` scorer, picks victims when a higher-priority job needs their GPUs or its
 quota, and reserves the machine for a gang that has waited too long. Only GPUs are
 accounted: local jobs and replicas share CPU and memory as ordinary processes do. No
-I/O and no clock here; the runner applies the decisions.
+I/O and no clock here; the runner and the controller apply the decisions.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,9 +39,10 @@ from aiplane.policies.scheduling import cycle as shared
 from aiplane.policies.scheduling.cycle import RESERVE_AFTER_S, Candidate, Evict, Holder
 from aiplane.policies.scheduling.fleet import MILLI, Fleet, NodeShape, Placement, PodShape
 from aiplane.policies.scheduling.fragmentation import TargetWorkload
+from aiplane.policies.scheduling.gpumodel import spec_matches
 from aiplane.policies.scheduling.quota import QueueSpec, flavor_for
 from aiplane.policies.scheduling.scorers import make
-from aiplane.policies.scheduling.workload import WorkloadInfo
+from aiplane.policies.scheduling.workload import Demand, WorkloadInfo
 from aiplane.runtime.local.workloads import LocalJob
 
 __all__ = [
@@ -49,7 +55,9 @@ __all__ = [
     "Start",
     "Wait",
     "one_node",
+    "place_replica",
     "queue_specs",
+    "replica_pod",
     "schedule",
 ]
 
@@ -209,6 +217,44 @@ def _holder(node: OneNode, run: Running, queues: Mapping[str, QueueSpec]) -> Hol
     return Holder(job, flavor, tuple(pods), evicting=run.stopping)
 
 
+def _machine(snapshot: Snapshot, queues: Mapping[str, QueueSpec]) -> tuple[OneNode, list[Holder]]:
+    """This machine as a fleet with what holds GPUs bound on it: the replicas, then every job."""
+    node = one_node(snapshot.gpus)
+    holders = [_replicas(node, snapshot.held)]
+    holders += [_holder(node, run, queues) for run in snapshot.running]
+    return node, holders
+
+
+def _candidate(job: LocalJob, snapshot: Snapshot, queues: Mapping[str, QueueSpec]) -> Candidate:
+    waiting_s = snapshot.waiting.get(job.key, max(0.0, snapshot.now - job.created))
+    return Candidate(job, job.pods(), queued=_takes_quota(job, queues), waiting_s=waiting_s)
+
+
+def _cycle(
+    snapshot: Snapshot,
+    node: OneNode,
+    queues: Mapping[str, QueueSpec],
+    holders: Sequence[Holder],
+    candidates: Sequence[Candidate],
+    reserve_after_s: float,
+) -> shared.CycleResult:
+    """The shared cycle with the ``aiplane`` scorer, fitted to what waits and what runs here."""
+    shapes = [p for c in candidates for p in c.pods]
+    shapes += [p for run in snapshot.running for p in run.job.pods()]
+    (scorer,) = make([SCORER], TargetWorkload.from_pods(shapes))
+    return shared.schedule(
+        node.fleet,
+        queues,
+        holders,
+        candidates,
+        scorer,
+        np.random.default_rng(0),  # the aiplane scorer is deterministic; the API takes one
+        reservations=snapshot.reservations,
+        preempting=snapshot.preempting,
+        reserve_after_s=reserve_after_s,
+    )
+
+
 def schedule(snapshot: Snapshot) -> Decisions:
     """One shared-cycle run over this machine: start these jobs on these devices, stop
     these to make room, and why the rest wait."""
@@ -222,32 +268,9 @@ def schedule(snapshot: Snapshot) -> Decisions:
     if not runnable:
         return out
     queues = dict(snapshot.queues or {})
-    node = one_node(snapshot.gpus)
-    holders = [_replicas(node, snapshot.held)]
-    holders += [_holder(node, run, queues) for run in snapshot.running]
-    candidates = [
-        Candidate(
-            job,
-            job.pods(),
-            queued=_takes_quota(job, queues),
-            waiting_s=snapshot.waiting.get(job.key, max(0.0, snapshot.now - job.created)),
-        )
-        for job in runnable
-    ]
-    shapes = [p for job in (*runnable, *(r.job for r in snapshot.running)) for p in job.pods()]
-    (scorer,) = make([SCORER], TargetWorkload.from_pods(shapes))
-    rng = np.random.default_rng(0)  # the aiplane scorer is deterministic; the API takes one
-    result = shared.schedule(
-        node.fleet,
-        queues,
-        holders,
-        candidates,
-        scorer,
-        rng,
-        reservations=snapshot.reservations,
-        preempting=snapshot.preempting,
-        reserve_after_s=snapshot.reserve_after_s,
-    )
+    node, holders = _machine(snapshot, queues)
+    candidates = [_candidate(job, snapshot, queues) for job in runnable]
+    result = _cycle(snapshot, node, queues, holders, candidates, snapshot.reserve_after_s)
     for start in result.starts:
         devices = tuple(node.gpu_indices(p.node, p.devices) for p in start.placements)
         out.decisions.append(Start(start.key, devices, start.flavor, start.reason))
@@ -255,3 +278,95 @@ def schedule(snapshot: Snapshot) -> Decisions:
     out.evictions = list(result.evictions)
     out.reservations = dict(result.reservations)
     return out
+
+
+# -- Model replicas --------------------------------------------------------------------
+def replica_pod(key: str, need: float, gpu_spec: str = "") -> PodShape:
+    """A replica's demand as a pod: ``need`` whole GPUs, or a share of one (0.5 -> 500 milli)."""
+    if need <= 0:
+        return PodShape(key)
+    if need < 1:
+        return PodShape(key, gpus=1, gpu_milli=max(1, round(need * MILLI)), gpu_spec=gpu_spec)
+    return PodShape(key, gpus=math.ceil(need), gpu_milli=MILLI, gpu_spec=gpu_spec)
+
+
+def place_replica(snapshot: Snapshot, model: str, need: float, gpu_model: str | None = None) -> Start | Wait:
+    """Where one new replica of ``model`` goes: a :class:`Start` with its one slot's
+    devices, or a :class:`Wait` with why not.
+
+    The cycle keeps a reservation only while its job is a candidate, so the pending jobs
+    holding one are candidates too (ahead of the replica; only the replica's decision is
+    returned): the replica never lands on GPUs reserved for a starving job, nor on those
+    such a job can take now. No preemption either way: the replica takes no quota (no
+    quota victims), its priority is below every holder's (the cycle seeks node victims
+    only among lower-priority holders), and the replicas' holder is not preemptible.
+    """
+    key = f"Model/{model}"
+    if need <= 0:
+        return Start(key, ((),), None, "no GPU requested")
+    models = sorted({g.model for g in snapshot.gpus})
+    if not models:
+        return Wait(key, f"needs {need:g} GPU(s); this machine has no GPU", "placement")
+    matching = [m for m in models if spec_matches(gpu_model, m)]
+    if not matching:
+        have = ", ".join(models)
+        return Wait(key, f"no GPU of model {gpu_model!r} on this machine (have: {have})", "placement")
+    # the machine's own names for the models the spec accepts: one matcher, gpumodel's
+    pod = replica_pod(key, need, "|".join(matching) if gpu_model else "")
+    queues = dict(snapshot.queues or {})
+    node, holders = _machine(snapshot, queues)
+    reserving = [
+        j for j in snapshot.pending if j.key in snapshot.reservations and not (j.unsupported or j.finished)
+    ]
+    # below every holder (no victims) and every reserving job (they go first)
+    lowest = min(w.priority for w in [*(h.workload for h in holders), *reserving])
+    replica = WorkloadInfo(key, queue="", demand=Demand(gpu=need, gpu_model=gpu_model), priority=lowest - 1)
+    candidates = [_candidate(job, snapshot, queues) for job in reserving]
+    candidates.append(Candidate(replica, (pod,), queued=False))
+    # no reservation for the replica itself: it waits for the next tick, not for a node
+    result = _cycle(snapshot, node, queues, holders, candidates, math.inf)
+    assert not any(e.by == key for e in result.evictions), "a replica never preempts"
+    for start in result.starts:
+        if start.key == key:
+            (placement,) = start.placements
+            devices = node.gpu_indices(placement.node, placement.devices)
+            where = f"shares GPU {devices[0]}" if pod.shares_gpu else f"GPU(s) {_indices(devices)}"
+            return Start(key, (devices,), None, where)
+    wait = next(w for w in result.waits if w.key == key)
+    held_for = {j.key: snapshot.reservations[j.key] for j in reserving}
+    return Wait(key, _short_of(node, pod, held_for) or wait.reason, wait.cause)
+
+
+def _indices(devices: Sequence[int]) -> str:
+    return ",".join(str(d) for d in devices)
+
+
+def _short_of(node: OneNode, pod: PodShape, held_for: Mapping[str, tuple[int, ...]]) -> str:
+    """Why ``pod`` fits nowhere, in this machine's terms: what the GPUs it may use have free,
+    and which of them are reserved for whom."""
+    fleet = node.fleet
+    usable = fleet.access(pod.gpu_spec)
+    reserved = np.zeros(len(fleet), dtype=bool)
+    for nodes in held_for.values():
+        reserved[list(nodes)] = True
+    parts = []
+    free_nodes = [int(i) for i in np.flatnonzero(usable & ~reserved)]
+    if free_nodes and pod.shares_gpu:
+        if not any((fleet.gpu_free[i] >= pod.gpu_milli).any() for i in free_nodes):
+            parts.append(f"no GPU has {pod.gpu_milli / MILLI:g} free")
+    elif free_nodes:
+        whole = {i: int((fleet.gpu_free[i, : fleet.gpu_count[i]] == MILLI).sum()) for i in free_nodes}
+        if max(whole.values()) < pod.gpus:
+            if len(free_nodes) == 1:
+                (i,) = free_nodes
+                parts.append(f"needs {pod.gpus} free GPU(s), {whole[i]} free of {fleet.gpu_count[i]}")
+            else:
+                each = ", ".join(
+                    f"{whole[i]} of {fleet.gpu_count[i]} on {fleet.names[i]}" for i in free_nodes
+                )
+                parts.append(f"needs {pod.gpus} free GPU(s) of one model, free: {each}")
+    for job, nodes in held_for.items():
+        gpus = [g for n in nodes if usable[n] for g in node.columns[n]]
+        if gpus:
+            parts.append(f"GPU(s) {_indices(gpus)} reserved for {job}, a job that waited too long for them")
+    return "; ".join(parts)

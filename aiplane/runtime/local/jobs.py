@@ -8,7 +8,8 @@ jobs``, evented when it changes). A job the cycle preempts for a higher-priority
 gets SIGTERM, its ``gracePeriod`` to write a checkpoint, then SIGKILL, and is requeued;
 its GPUs stay held until its workers are gone, and the preemptor starts after that.
 A gang passed over by smaller jobs for ``reserve_after_s`` reserves the GPUs it needs
-(the runner keeps the cycle's reservations from tick to tick).
+(the runner keeps the cycle's reservations from tick to tick, and hands them to the
+controller, which places Model replicas in the same cycle: they cannot take them either).
 
 A TrainingJob's workers are one world: ``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``,
 ``MASTER_PORT`` and torchrun's ``PET_*`` variables, as on Kubernetes, where each worker
@@ -109,6 +110,7 @@ class JobRunner:
         self.runs: dict[str, Run] = {}
         self.reservations: dict[str, tuple[int, ...]] = {}  # job key -> fleet nodes held for it
         self.preempting: dict[str, list[str]] = {}  # preemptor -> its victims still stopping
+        self._snapshot: Snapshot | None = None  # the last cycle's, for placing replicas
         self._requeued: dict[str, float] = {}  # job key -> when it was preempted (waits since then)
         self._stopping: dict[int, Run] = {}  # by id(): stopped runs whose workers may still live
         self._background: set[asyncio.Task[None]] = set()  # stops running in the background
@@ -122,15 +124,28 @@ class JobRunner:
         await self.stop_all()
 
     # -- what the jobs hold ------------------------------------------------------------
-    def held(self) -> dict[int, float]:
-        """The share of each GPU that running (or still stopping) jobs hold."""
-        held: dict[int, float] = {}
-        for run in [*self.runs.values(), *self._stopping.values()]:
-            share = min(run.job.gpus_per_slot, 1.0)
-            for devices in run.devices:
-                for d in devices:
-                    held[d] = held.get(d, 0.0) + share
-        return held
+    def _running(self) -> tuple[Running, ...]:
+        """What the jobs hold: every run, and the stopped ones whose workers may still live."""
+        running = [Running(r.job, r.devices, r.flavor) for r in self.runs.values()]
+        running += [Running(r.job, r.devices, r.flavor, stopping=True) for r in self._stopping.values()]
+        return tuple(running)
+
+    def snapshot_for_replicas(self, models_held: Mapping[int, float]) -> Snapshot:
+        """This machine for placing a Model replica (:func:`cycle.place_replica`): what jobs
+        hold now, and the reservations, pending jobs and Queues of the last cycle."""
+        last = self._snapshot
+        return Snapshot(
+            tuple(self.gpus),
+            models_held,
+            last.pending if last else (),
+            self._running(),
+            last.queues if last else None,
+            now=last.now if last else 0.0,
+            waiting=last.waiting if last else {},
+            reservations=dict(self.reservations),
+            preempting={k: list(v) for k, v in self.preempting.items()},
+            reserve_after_s=self.reserve_after_s,
+        )
 
     def pids(self) -> list[int]:
         """Process groups of every worker still running: what a hard stop must kill."""
@@ -235,16 +250,14 @@ class JobRunner:
                 continue
             pending.append(job)
         if not pending or self._closing:
-            self.reservations = {}
+            self.reservations, self._snapshot = {}, None
             return
         queues = [q.resource for q in self.store.resources("Queue") if isinstance(q.resource, Queue)]
-        running = [Running(r.job, r.devices, r.flavor) for r in self.runs.values()]
-        running += [Running(r.job, r.devices, r.flavor, stopping=True) for r in self._stopping.values()]
         snapshot = Snapshot(
             tuple(self.gpus),
             models_held,
             tuple(pending),
-            tuple(running),
+            self._running(),
             queue_specs(queues),
             now=now,
             waiting={k: max(0.0, now - t) for k, t in self._requeued.items()},
@@ -253,7 +266,7 @@ class JobRunner:
             reserve_after_s=self.reserve_after_s,
         )
         result = schedule(snapshot)
-        self.reservations = result.reservations
+        self.reservations, self._snapshot = result.reservations, snapshot
         for evict in result.evictions:
             victim = self.runs.get(evict.key)
             if victim is not None:
