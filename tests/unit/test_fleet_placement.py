@@ -78,11 +78,48 @@ def test_fragmentation_counts_what_each_shape_cannot_use() -> None:
     assert frag.frag_rate() == pytest.approx(1000 / 1500)
 
 
-def test_hypothetical_growth_matches_recomputing_after_binding() -> None:
+def test_fragmentation_with_memory_counts_gpus_whose_node_has_no_memory_left() -> None:
+    f = fleet(("a", 2, "T4"))
+    wants = PodShape(cpu_milli=1000, memory_mib=65_536, gpus=1, gpu_milli=1000)
+    workload = TargetWorkload.from_pods([wants])
+    f.bind(PodShape(memory_mib=100_000, gpus=1, gpu_milli=1000), Placement(0, (0,)))
+    assert Fragmentation(f, workload).node_frag.tolist() == [0.0]  # FGD: the free GPU suits the shape
+    assert Fragmentation(f, workload, memory=True).node_frag.tolist() == [1000.0]  # 31 GiB left, 64 wanted
+
+
+def test_target_shapes_carry_the_median_memory_of_their_pods() -> None:
+    pods = [PodShape(cpu_milli=1000, memory_mib=m, gpus=1, gpu_milli=1000) for m in (1024, 4096, 65_536)]
+    (shape,) = TargetWorkload.from_pods(
+        [*pods, PodShape(cpu_milli=1000, memory_mib=2048, gpus=1, gpu_milli=1000)]
+    ).shapes
+    assert shape.memory_mib == 3072  # the median of 1024, 2048, 4096 and 65536, not their mean
+
+
+def test_aiplane_keeps_memory_beside_free_gpus_where_fgd_takes_the_first_name() -> None:
+    f = fleet(("a", 4, "G2"), ("b", 4, "G2"))
+    f.bind(PodShape(memory_mib=59_392, gpus=2, gpu_milli=1000), Placement(0, (0, 1)))  # a: 70 GiB free
+    f.bind(PodShape(gpus=2, gpu_milli=1000), Placement(1, (0, 1)))  # b: 128 GiB free
+    popular = PodShape(cpu_milli=1000, memory_mib=65_536, gpus=1, gpu_milli=1000)
+    workload = TargetWorkload.from_pods(
+        [popular] * 9 + [PodShape(cpu_milli=1000, memory_mib=40_960, gpus=1, gpu_milli=1000)]
+    )
+    pod = PodShape(cpu_milli=1000, memory_mib=40_960, gpus=1, gpu_milli=1000)
+    nodes = np.flatnonzero(f.feasible(pod))
+    fgd, ours = scorers.make(["fgd", "aiplane"], workload)
+    # on a the pod leaves 30 GiB beside its last free GPU: no popular pod can use that GPU
+    assert fgd.place(f, pod, nodes, RNG).node == 0
+    assert ours.place(f, pod, nodes, RNG).node == 1
+
+
+@pytest.mark.parametrize("memory", [False, True])
+def test_hypothetical_growth_matches_recomputing_after_binding(memory: bool) -> None:
     f = fleet(("a", 4, "T4"), ("b", 8, "G2"))
-    pods = [PodShape(cpu_milli=c, gpus=1, gpu_milli=m) for c, m in ((2000, 300), (4000, 500), (1000, 1000))]
+    pods = [
+        PodShape(cpu_milli=c, memory_mib=mem, gpus=1, gpu_milli=m)
+        for c, mem, m in ((2000, 70_000, 300), (4000, 8192, 500), (1000, 64_000, 1000))
+    ]
     workload = TargetWorkload.from_pods([*pods, PodShape(gpus=4, gpu_milli=1000), PodShape(cpu_milli=8000)])
-    frag = Fragmentation(f, workload)
+    frag = Fragmentation(f, workload, memory=memory)
     f.bind(pods[0], Placement(0, (2,)))
     frag.refresh(0)
     for pod in (*pods, PodShape(gpus=4, gpu_milli=1000), PodShape(cpu_milli=8000)):
@@ -100,7 +137,8 @@ def test_hypothetical_growth_matches_recomputing_after_binding() -> None:
         for value, placement in zip(predicted, placements, strict=True):
             trial = f.copy()
             trial.bind(pod, placement)
-            assert value == pytest.approx(Fragmentation(trial, workload).node_frag[placement.node])
+            expected = Fragmentation(trial, workload, memory=memory).node_frag[placement.node]
+            assert value == pytest.approx(expected)
 
 
 def test_target_workload_keeps_the_popular_shapes() -> None:

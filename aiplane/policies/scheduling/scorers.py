@@ -16,10 +16,10 @@ those details move the published figures by points:
 * ``gpu-clustering``: nodes that already run pods of the same GPU-demand class;
 * ``fgd``: least growth of expected fragmentation, its score squashed to 0-100 by a sigmoid.
 
-``aiplane`` is this project's policy: FGD's measure and score, with ties broken toward
-nodes already in use (see :class:`Aiplane`). docs/benchmarks.md shows the variants that
-were measured and dropped (exact instead of sigmoid-rounded growth, GPU-weighted shapes,
-best-fit devices, a multi-step waste table): each lost to FGD on at least one list.
+``aiplane`` is this project's policy: FGD's score over a measure that counts memory too,
+with ties broken toward nodes already in use (see :class:`Aiplane`). docs/benchmarks.md
+shows the variants that were measured and dropped (exact instead of sigmoid-rounded
+growth, GPU-weighted shapes, best-fit devices, node-size keys, a multi-step waste table).
 """
 
 from __future__ import annotations
@@ -184,6 +184,7 @@ class _FragmentationScorer:
     """Shared by FGD and aiplane: candidates (node, device) and the fragmentation growth of each."""
 
     name = ""
+    counts_memory = False  # FGD's measure, as the paper defines it
 
     def __init__(self, workload: TargetWorkload) -> None:
         self.workload = workload
@@ -191,7 +192,7 @@ class _FragmentationScorer:
 
     def _measure(self, fleet: Fleet) -> Fragmentation:
         if self.frag is None or self.frag.fleet is not fleet:
-            self.frag = Fragmentation(fleet, self.workload)
+            self.frag = Fragmentation(fleet, self.workload, memory=self.counts_memory)
         return self.frag
 
     def bound(self, node: int) -> None:
@@ -237,16 +238,24 @@ class Fgd(_FragmentationScorer):
 
 
 class Aiplane(_FragmentationScorer):
-    """FGD's measure and score; among equal scores a node already in use goes before an
-    empty one (then the first name, then the first device).
+    """FGD's score over a measure that counts memory; among equal scores a node already in
+    use goes before an empty one (then the first name, then the first device).
 
-    FGD breaks ties by name alone, so it opens an empty node as readily as it adds to a
-    used one that scores the same. An empty node is the one thing a whole-node gang
+    Memory: FGD calls a free GPU usable by a shape when the node has the devices and the
+    CPU for it, but a node can also run out of memory first, and then its GPUs are lost
+    just as surely. Each target shape carries the median memory of its pods, and a GPU
+    where that memory is not free counts as a fragment (see
+    :mod:`~aiplane.policies.scheduling.fragmentation`). Most failed placements on the
+    Alibaba lists were of that kind.
+
+    Ties: FGD breaks them by name alone, so it opens an empty node as readily as it adds
+    to a used one that scores the same. An empty node is the one thing a whole-node gang
     needs, and once opened it is never whole again (pods leave late, if at all): opening
     one only when no used node does as well keeps more of them whole.
     """
 
     name = "aiplane"
+    counts_memory = True
 
     def place(self, fleet: Fleet, pod: PodShape, nodes: IntArray, rng: np.random.Generator) -> Placement:
         rows, devices, grown = self.growth(fleet, pod, nodes)
