@@ -63,6 +63,8 @@ def test_two_half_gpu_replicas_share_one_device() -> None:
         ({0: 0.75, 1: 0.25}, 0.5, 2),  # not GPU 1: the 0.25 left there would fit no share
         ({0: 0.5, 1: 0.5}, 0.5, 0),  # a tie goes to the lowest index
         ({0: 1.0, 1: 1.0, 2: 0.1}, 0.9, 2),  # exactly full is a fit
+        ({1: 0.5}, 0.5, 1),  # best fit among equal scores: the half-used GPU, not the free GPU 0
+        ({2: 0.5, 3: 0.25}, 0.25, 2),  # both stay usable by a share; the one with less room
     ],
 )
 def test_a_share_goes_where_it_fits_best(held: dict[int, float], need: float, device: int) -> None:

@@ -239,7 +239,8 @@ class Fgd(_FragmentationScorer):
 
 class Aiplane(_FragmentationScorer):
     """FGD's score over a measure that counts memory; among equal scores a node already in
-    use goes before an empty one (then the first name, then the first device).
+    use goes before an empty one, then the first name, then on that node the device with
+    least room for a shared pod (best fit: half-used devices fill before free ones).
 
     Memory: FGD calls a free GPU usable by a shape when the node has the devices and the
     CPU for it, but a node can also run out of memory first, and then its GPUs are lost
@@ -261,8 +262,9 @@ class Aiplane(_FragmentationScorer):
         rows, devices, grown = self.growth(fleet, pod, nodes)
         node_ids = nodes[rows]
         empty = fleet.gpu_free[node_ids].sum(axis=1) == fleet.gpu_count[node_ids] * MILLI
-        # primary key last: best score, then a used node, then name order, then device
-        best = int(np.lexsort((devices, fleet.rank[node_ids], empty, -_sigmoid_score(grown)))[0])
+        room = fleet.gpu_free[node_ids, np.maximum(devices, 0)] if pod.shares_gpu else np.zeros(len(rows))
+        # primary key last: best score, a used node, name order, the device with least room
+        best = int(np.lexsort((devices, room, fleet.rank[node_ids], empty, -_sigmoid_score(grown)))[0])
         node = int(node_ids[best])
         return Placement(node, self.devices(fleet, pod, node, int(devices[best])))
 
