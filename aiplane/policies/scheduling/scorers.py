@@ -17,9 +17,10 @@ those details move the published figures by points:
 * ``fgd``: least growth of expected fragmentation, its score squashed to 0-100 by a sigmoid.
 
 ``aiplane`` is this project's policy: FGD's score over a measure that counts memory too,
-with ties broken toward nodes already in use (see :class:`Aiplane`). docs/benchmarks.md
-shows the variants that were measured and dropped (exact instead of sigmoid-rounded
-growth, GPU-weighted shapes, best-fit devices, node-size keys, a multi-step waste table).
+with ties broken toward nodes already in use, then by name, then by best fit on the
+device (see :class:`Aiplane`). docs/benchmarks.md shows the variants that were measured
+and dropped (exact instead of sigmoid-rounded growth, GPU-weighted shapes, best fit as
+the node rule, node-size keys, a multi-step waste table).
 """
 
 from __future__ import annotations
