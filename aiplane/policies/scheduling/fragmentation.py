@@ -7,9 +7,9 @@ a fragment for it. A node's fragmentation is the expectation of that amount over
 *target workload*: the pod shapes that arrive, weighted by how often they do.
 
 FGD ignores memory. aiplane's scorer counts it (``memory=True``): a free GPU on a node
-whose memory is gone is a fragment too. On the Alibaba lists most placements that fail
-at 100% arrival had a node with the GPU and CPU but not the memory (288 of 317 on
-``default``, seed 42, with FGD's measure), a loss FGD's measure cannot see.
+whose memory is gone is a fragment too. On the Alibaba lists most GPU pods that failed
+before 100% arrival did so while a node had the GPUs and CPU but not the memory (288 of
+317 on ``default``, seed 42, with FGD's measure), a loss FGD's measure cannot see.
 
 Everything is vectorised over nodes and pod shapes (numpy): per node and shape the
 number of devices with room and the free milli-GPU on devices too small are kept, so
