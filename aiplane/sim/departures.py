@@ -1,4 +1,4 @@
-"""``aiplane sim schedule --departures``: the trace in time, through queues, quotas and preemption.
+"""``aiplane sim schedule --departures``: the trace in time, through the shared scheduling cycle.
 
 Pods arrive at their ``creation_time`` and run for ``deletion_time - creation_time``.
 The pod list is a sample of a big cluster's pods: replayed on the whole node list it
@@ -8,36 +8,39 @@ divided by ``load``: at 1.25, peaks queue and preempt, as on a cluster sized for
 average rather than the peak. Each QoS class of the trace is a queue
 (``LS`` and ``Guaranteed`` high priority, ``Burstable`` middle, ``BE`` low) whose GPU
 quota is its share of the trace's GPU-seconds, all in one cohort that lends idle quota.
-A scheduling cycle runs after every event, as aiplane's scheduler does:
 
-1. pending workloads in :func:`~aiplane.policies.scheduling.quota.fair_order`;
-2. quota admission (:func:`~aiplane.policies.scheduling.quota.admit`): a Preempt outcome
-   evicts its victims (reclaim of lent quota, or lower priority in the same queue);
-3. placement by the policy; when no node fits, evicting lower-priority pods from the one
-   node where the fewest must go (kube-scheduler's priority preemption).
+After every event (simultaneous ones together) the simulator runs
+:func:`aiplane.policies.scheduling.cycle.schedule`, the cycle the Kubernetes scheduler
+and the local runtime run, so what is measured here is what they decide: running pods
+are its holders (each pod one workload), pending pods its candidates, and its starts,
+evictions and reservations are applied. The checkpoint grace period is the runtimes'
+concern; here an eviction is immediate: the victim is requeued with the run time it had
+left (it resumes from its checkpoint), and the cycle runs again at the same instant,
+first without that instant's victims, so their preemptors start and a preemption is
+never undone at once, then with them, so a victim that fits elsewhere restarts at once.
 
-An evicted workload is requeued with the run time it had left (it resumes from its
-checkpoint) and is not tried again in the cycle that evicted it, so a preemption is never
-undone at once. The checkpoint grace period is the runtimes' concern; here eviction is
-immediate. Reported per policy: time-averaged GPU utilisation, queueing delay, and
-preemptions.
+A cycle over every pending pod after every event would make the replay O(events x
+pending): after a lone arrival only the newcomer is new, so it is the only candidate;
+otherwise the first ``MAX_ATTEMPTS`` pending pods in fair order are. A pod holding a
+reservation is always a candidate, since the cycle keeps (and enforces) a reservation
+only while its workload is one. Reported per policy: time-averaged GPU utilisation,
+queueing delay, and preemptions.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from aiplane.policies.scheduling import scorers
-from aiplane.policies.scheduling.fleet import MILLI, Fleet, NodeShape, Placement
+from aiplane.policies.scheduling import cycle, scorers
+from aiplane.policies.scheduling.cycle import Candidate, CycleResult, Holder
+from aiplane.policies.scheduling.fleet import MILLI, Fleet, NodeShape
 from aiplane.policies.scheduling.fragmentation import TargetWorkload
-from aiplane.policies.scheduling.gangs import GangFit, place_gang
-from aiplane.policies.scheduling.outcome import Mode
-from aiplane.policies.scheduling.quota import QueueSpec, Usage, admit, fair_order
+from aiplane.policies.scheduling.quota import QueueSpec, fair_order
 from aiplane.policies.scheduling.workload import Demand, WorkloadInfo
 from aiplane.sim.traces import TraceError, TracePod
 
@@ -45,6 +48,7 @@ QOS_QUEUES = {"LS": ("ls", 100), "Guaranteed": ("ls", 100), "Burstable": ("burst
 COHORT = "trace"
 LOAD = 1.25  # the trace's peak GPU demand, x the capacity of the slice it is replayed on
 MAX_ATTEMPTS = 64  # pending workloads tried per cycle: a full queue does not make a cycle O(pending)
+MAX_ROUNDS = 8  # cycles at one instant: evictions, their preemptors' starts, the victims' restarts
 
 
 @dataclass(frozen=True)
@@ -131,93 +135,79 @@ def replay_departures(
         )
         for i, p in enumerate(pods)
     ]
+    # a pod no node of the slice takes even empty never starts, and the cycle never evicts
+    # or reserves for it: it is kept out of the queue, not searched victims for after every event
+    hopeless = {i for i, p in enumerate(pods) if not fleet.feasible(p.shape).any()}
     remaining = [_duration(p) for p in pods]
     events: list[tuple[float, int, int, int]] = [(w.created, 1, i, 0) for i, w in enumerate(work)]
     heapq.heapify(events)  # (time, 0 = departure before 1 = arrival, workload, generation)
     generation = [0] * len(work)
-    running: dict[int, tuple[Placement, float]] = {}
-    pending: dict[int, None] = {}
-    usage = Usage()
+    running: dict[int, tuple[Holder, float]] = {}  # pod -> its holder, when it (re)started
+    pending: dict[int, float] = {}  # pod -> since when it waits (arrival or last eviction)
+    reservations: dict[str, tuple[int, ...]] = {}
     waits: dict[int, float] = {}
     preemptions = 0
     now = area = 0.0
     first = events[0][0] if events else 0.0
 
-    def stop(i: int, at: float) -> None:
-        nonlocal usage
-        placement, since = running.pop(i)
-        fleet.unbind(pods[i].shape, placement)
-        scorer.bound(placement.node)
-        usage = usage.without([work[i].key])
-        remaining[i] = max(0.0, remaining[i] - (at - since))
+    def stop(i: int) -> None:
+        holder, since = running.pop(i)
+        for shape, placement in holder.pods:
+            fleet.unbind(shape, placement)
+            scorer.bound(placement.node)
+        remaining[i] = max(0.0, remaining[i] - (now - since))
 
-    def start(i: int, placement: Placement, flavor: str | None) -> None:
-        nonlocal usage
-        fleet.bind(pods[i].shape, placement)
-        scorer.bound(placement.node)
-        usage = usage.add(work[i], flavor)
-        running[i] = (placement, now)
-        pending.pop(i, None)
-        waits[i] = now - work[i].created
-        generation[i] += 1
-        heapq.heappush(events, (now + remaining[i], 0, i, generation[i]))
+    def decide(tried: Iterable[int]) -> CycleResult:
+        nonlocal reservations
+        keys = [*dict.fromkeys([*tried, *(int(k) for k in reservations)])]
+        candidates = [
+            Candidate(work[i], (pods[i].shape,), waiting_s=now - pending[i]) for i in keys if i in pending
+        ]
+        if not candidates:
+            return CycleResult()  # what the cycle decides for no one, without its set-up
+        holders = [h for h, _ in running.values()]
+        # no ``preempting``: victims are gone before the next cycle, so no preemptor waits on one
+        result = cycle.schedule(fleet, queues, holders, candidates, scorer, rng, reservations=reservations)
+        reservations = result.reservations
+        return result
 
-    def evict(victims: Sequence[int], evicted: set[int]) -> None:
+    def apply(result: CycleResult) -> set[int]:
+        """Bind the starts, evict the victims at once (no grace here); returns the victims."""
         nonlocal preemptions
+        for s in result.starts:
+            i = int(s.key)
+            (placement,) = s.placements
+            fleet.bind(pods[i].shape, placement)
+            scorer.bound(placement.node)
+            running[i] = (Holder(work[i], s.flavor, ((pods[i].shape, placement),)), now)
+            del pending[i]
+            waits[i] = now - work[i].created
+            generation[i] += 1
+            heapq.heappush(events, (now + remaining[i], 0, i, generation[i]))
+        victims = {int(e.key) for e in result.evictions}
         for v in victims:
-            stop(v, now)
+            stop(v)
             generation[v] += 1  # its departure event is void
-            pending[v] = None
-            evicted.add(v)
-            preemptions += 1
+            pending[v] = now
+        preemptions += len(victims)
+        return victims
 
-    def node_victims(i: int) -> list[int] | None:
-        """The fewest lower-priority pods to evict from one node so that pod ``i`` fits there."""
-        pod = pods[i].shape
-        prio = work[i].priority
-        by_node: dict[int, list[int]] = {}
-        for j, (placement, _) in running.items():
-            if work[j].priority < prio:
-                by_node.setdefault(placement.node, []).append(j)
-        best: list[int] | None = None
-        for node, cands in by_node.items():
-            if not fleet.access(pod.gpu_spec)[node] and pod.total_milli:
-                continue
-            cands.sort(key=lambda j: (work[j].priority, -running[j][1]))  # lowest priority, newest first
-            trial = fleet.copy()
-            chosen: list[int] = []
-            for j in cands:
-                if trial.feasible(pod)[node]:
-                    break
-                trial.unbind(pods[j].shape, running[j][0])
-                chosen.append(j)
-            if trial.feasible(pod)[node] and (best is None or len(chosen) < len(best)):
-                best = chosen
-        return best
-
-    def cycle(only: int | None) -> None:
-        evicted: set[int] = set()
-        candidates = (
-            [work[only]] if only is not None else fair_order([work[i] for i in pending], queues, usage)
-        )
-        for w in candidates[:MAX_ATTEMPTS]:
-            i = int(w.key)
-            if i in evicted or i not in pending:
-                continue
-            outcome = admit(w, queues, usage)
-            if outcome.mode == Mode.Preempt:
-                victims = [int(k) for k in outcome.victims]
-                if not any(v in evicted for v in victims):
-                    evict(victims, evicted)
-                    outcome = admit(w, queues, usage)
-            if outcome.mode != Mode.Fit:
-                continue
-            placed = place_gang(fleet, [pods[i].shape], scorer, rng)
-            if not isinstance(placed, GangFit) and (on_node := node_victims(i)):
-                evict(on_node, evicted)
-                placed = place_gang(fleet, [pods[i].shape], scorer, rng)
-            if isinstance(placed, GangFit):
-                start(i, placed.placements[0], outcome.flavor)
+    def step(arrived: list[int], freed: bool) -> None:
+        tried = arrived
+        if freed and pending:
+            usage = cycle.usage_of([h for h, _ in running.values()])
+            ordered = fair_order([work[i] for i in pending], queues, usage)
+            tried = [*dict.fromkeys([*(int(w.key) for w in ordered[:MAX_ATTEMPTS]), *arrived])]
+        # a victim sits out until its preemptor had its turn, or it could take its room back
+        out: set[int] = set()
+        for _ in range(MAX_ROUNDS):
+            victims = apply(decide(i for i in tried if i not in out))
+            if victims:
+                out |= victims
+            elif out:
+                tried, out = [*tried, *out], set()
+            else:
+                return
 
     freed = False
     arrived: list[int] = []
@@ -229,16 +219,16 @@ def replay_departures(
         if kind == 0:
             if gen != generation[i] or i not in running:
                 continue
-            stop(i, now)
+            stop(i)
             remaining[i] = 0.0
             freed = True
-        else:
-            pending[i] = None
+        elif i not in hopeless:
+            pending[i] = now
             arrived.append(i)
         if events and events[0][0] == now:
             continue  # simultaneous events make one cycle
-        # after a departure everyone may fit; after one arrival, only the newcomer is new
-        cycle(arrived[0] if not freed and len(arrived) == 1 else None)
+        if arrived or freed:
+            step(arrived, freed)
         freed, arrived = False, []
     elapsed = max(horizon - first, 1e-9)
     started = np.array(list(waits.values())) if waits else np.zeros(1)
@@ -249,7 +239,7 @@ def replay_departures(
         float(started.mean()),
         float(np.percentile(started, 95)),
         preemptions,
-        len(pending),
+        len(pending) + len(hopeless),
         len(pods),
         time.perf_counter() - started_at,
     )
