@@ -12,7 +12,7 @@ EXTRAS ?= local,embeddings,kubernetes,dev
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/llama-wheel.sh scripts/llama-server.sh
+$(STAMP): pyproject.toml scripts/llama-wheel.sh scripts/llama-server.sh $(wildcard scripts/llama-server-patches/*.patch)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	AIPLANE_CACHE=$(CACHE) scripts/llama-server.sh $(PY) $(VENV)/bin/llama-server

@@ -11,7 +11,11 @@ version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 py="${1:-python3}"
 dest="${2:-}"
 cache="${AIPLANE_CACHE:-$HOME/.cache/aiplane}/bin"
-binary="$cache/llama-server-$version"
+# Fixes carried until llama.cpp has them (each patch says what and why); the cached
+# binary is keyed by them, so changing a patch rebuilds it.
+patches="$(cd "$(dirname "$0")" && pwd)/llama-server-patches"
+patched="$(cat "$patches"/*.patch | sha256sum | cut -c1-8)"
+binary="$cache/llama-server-$version-$patched"
 
 link() {
   if [ -n "$dest" ]; then
@@ -21,7 +25,7 @@ link() {
 }
 
 if [ -x "$binary" ]; then
-  echo "llama-server (llama.cpp of llama-cpp-python $version): cached in $cache"
+  echo "llama-server (llama.cpp of llama-cpp-python $version, patches $patched): cached in $cache"
   link
   exit 0
 fi
@@ -32,6 +36,9 @@ trap 'rm -rf "$work"' EXIT
 "$py" -m pip download -q --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$version"
 tar -xzf "$work"/llama_cpp_python-"$version".tar.gz -C "$work"
 src="$work/llama_cpp_python-$version/vendor/llama.cpp"
+for p in "$patches"/*.patch; do
+  patch -s -p1 -d "$src" <"$p"
+done
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
   -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=OFF \
   -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
