@@ -9,6 +9,7 @@ GPUs), 2 of 8 A100, 2 CPU nodes. Every test leaves the H100 nodes empty.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,8 +133,10 @@ def test_cohort_queues_borrow_idle_quota_and_the_lender_reclaims_it(k8s_cluster:
     lender, borrower, cohort = f"a-{ns}", f"b-{ns}", f"c-{ns}"
     apply(k8s_cluster, queue_yaml(lender, 16, cohort) + "---\n" + queue_yaml(borrower, 16, cohort))
     try:
+        # the borrower's jobs outrank the lender's: a reclaim takes lent quota back whatever
+        # the priority, and the freed GPUs must then go to the lender, not back to the victim
         for name in ("b-1", "b-2"):
-            apply(k8s_cluster, training(name, workers=2, queue=borrower), ns)
+            apply(k8s_cluster, training(name, workers=2, queue=borrower, priority=5), ns)
         wait_for(
             lambda: all(admission(k8s_cluster, ns, n).get("admitted") for n in ("b-1", "b-2")), 60, "both"
         )
@@ -172,6 +175,10 @@ def test_cohort_queues_borrow_idle_quota_and_the_lender_reclaims_it(k8s_cluster:
         assert conditions(tj(k8s_cluster, ns, victim))["Preempted"]["status"] == "True"
         keeper = next(n for n in borrowed if n != victim)
         assert len(running_pods(k8s_cluster, ns, keeper)) == 2  # only the borrower over quota lost its GPUs
+        # a few cycles on, nothing has flipped back: one reclaim, the victim still waits
+        time.sleep(3)
+        assert len(running_pods(k8s_cluster, ns, "a-1")) == 2 and not running_pods(k8s_cluster, ns, victim)
+        assert sum(e.get("count") or 1 for e in events(k8s_cluster, ns, victim, "Preempted")) == 1
     finally:
         k8s_cluster.kubectl("delete", "queue", lender, borrower)
 

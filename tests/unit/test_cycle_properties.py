@@ -209,11 +209,12 @@ def violations(queues: Mapping[str, QueueSpec], used: Mapping[tuple[str, str], f
 def reserved_by_others(
     s: Scenario, key: str, reservations: Mapping[str, tuple[int, ...]] | None = None
 ) -> np.ndarray:
-    """Nodes held for other waiting workloads (those ``s`` starts with, or ``reservations``)."""
+    """Nodes held for other waiting workloads that ``key`` does not outrank (from those ``s``
+    starts with, or ``reservations``): a reservation binds its priority and lower only."""
     mask = np.zeros(len(s.fleet), dtype=bool)
-    waiting = {c.key for c in s.candidates}
+    priority = {c.key: c.workload.priority for c in s.candidates}
     for k, nodes in (s.reservations if reservations is None else reservations).items():
-        if k != key and k in waiting:
+        if k != key and k in priority and priority[k] >= priority[key]:
             mask[list(nodes)] = True
     return mask
 

@@ -481,6 +481,36 @@ async def test_a_preempted_job_checkpoints_on_sigterm_and_runs_again_after(tmp_p
     assert (tmp_path / "logs" / "trainingjob-high" / "worker-0.log").read_text().splitlines()[-1] == "0,1"
 
 
+def queue(name: str, gpus: float) -> Queue:
+    spec = {"quota": {"*": gpus}, "cohort": "research"}
+    return Queue.model_validate({"kind": "Queue", "metadata": {"name": name}, "spec": spec})
+
+
+async def test_reclaimed_gpus_go_to_the_lender_not_back_to_the_borrower(tmp_path: Path) -> None:
+    """team-b lends its GPU to team-a's higher-priority job, then wants it back. Once the
+    borrower has stopped, the lender must get the GPU: the borrower, first by priority,
+    would otherwise borrow it again and be reclaimed again, for ever."""
+    store = Store(tmp_path / "state.db")
+    store.apply(queue("team-a", 1))
+    store.apply(queue("team-b", 1))
+    checkpoint = tmp_path / "ckpt"
+    borrower = [sys.executable, "-c", PREEMPTIBLE, str(checkpoint)]
+    store.apply(training("a", gpus=2, command=borrower, queue="team-a", priority=5, gracePeriod="30s"))
+    events = Recorder()
+    async with JobRunner(store, list(H100S), tmp_path / "logs", events) as runner:
+        await run_until(runner, store, ready(tmp_path / "logs" / "trainingjob-a" / "worker-0.log"))
+        lender = [sys.executable, "-c", "import time; time.sleep(1)"]
+        store.apply(training("b", gpus=1, command=lender, queue="team-b"))
+        await run_until(runner, store, phase_of("TrainingJob", "b", "Running", "Succeeded", "Failed"))
+        row = store.job_statuses()[("TrainingJob", "a")]
+        assert row.phase == "Pending" and row.reason.startswith("queue team-a: GPU quota 0/1 in use, needs 2")
+        # b's second leaves nothing to borrow: a resumes once b is done
+        await run_until(runner, store, phase_of("TrainingJob", "a", "Succeeded", "Failed"))
+    assert store.job_statuses()[("TrainingJob", "b")].phase == "Succeeded"
+    reasons = [r for ref, r, _ in events.events if ref == "TrainingJob/a"]
+    assert reasons.count("Preempted") == 1 and reasons.count("Started") == 2, events.events
+
+
 async def test_a_preempted_worker_that_ignores_sigterm_is_killed_after_its_grace(tmp_path: Path) -> None:
     store = Store(tmp_path / "state.db")
     stubborn = (

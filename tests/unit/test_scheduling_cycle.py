@@ -9,6 +9,7 @@ plays the runtime between cycles: it binds the starts and marks the evicted as s
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -184,6 +185,31 @@ def test_a_lender_reclaims_its_quota_over_three_cycles() -> None:
         Start("b1", "*", 0.0, (whole(1),), "queue team-b: 8 GPU fit its quota (quota 0/8 in use); on n1")
     ]
     assert fourth.evictions == fourth.waits == []
+
+
+def test_reclaimed_quota_goes_to_the_lender_not_back_to_its_higher_priority_borrower() -> None:
+    """b1 (priority 0) takes back the quota team-a (priority 5) borrowed. Once a2 is gone both
+    wait, and a2, which outranks b1, would be tried first and borrow the idle quota again,
+    to be reclaimed again the cycle after, and so on. A preemptor whose victims are gone
+    has the first turn."""
+    queues, f = cohort(), fleet(8, 8)
+    a2 = cand("a2", priority=5, created=1)
+    holders = [hold(f, cand("a1", priority=5, created=0), [whole(0)]), hold(f, a2, [whole(1)])]
+    b1 = cand("b1", "team-b", created=2)
+    first = run(f, queues, holders, [b1])
+    assert [(e.key, e.by) for e in first.evictions] == [("a2", "b1")]
+
+    holders = drain(f, holders, ["a2"])  # stopped, and back in line
+    second = run(f, queues, holders, [a2, b1], preempting={"b1": ["a2"]})
+    assert started(second) == {"b1": (whole(1),)}
+    assert second.evictions == []
+    assert waits(second) == {
+        "a2": "queue team-a: GPU quota 8/8 in use, needs 8 "
+        "(borrowing: cohort research has 0 idle); preemption cannot make room"
+    }
+    # without it, a2 goes first and borrows again: the loop this guards against
+    loop = run(f, queues, holders, [a2, b1])
+    assert set(started(loop)) == {"a2"}
 
 
 def test_a_reclaim_never_names_a_workload_started_in_the_same_cycle() -> None:
@@ -422,6 +448,32 @@ def test_a_starving_gang_reserves_the_nodes_closest_to_free_then_starts() -> Non
     done = run(f, ROOMY, holders, [gang], reservations=later.reservations)
     assert sorted(p.node for p in started(done)["gang"]) == [0, 1]
     assert done.reservations == {}
+
+
+def test_a_reservation_binds_its_priority_and_below_but_not_what_outranks_it() -> None:
+    """kube-scheduler's rule for nominated pods: higher priority passes a reservation."""
+    f, holders = backfill_state()
+    gang = cand("gang", pods=2, gpus=8, created=0, waiting_s=300)
+    first = run(f, ROOMY, holders, [gang])
+    assert first.reservations == {"gang": (0, 1)}
+    peer = cand("peer", gpus=6, created=5)  # fits only n1 (6 free): reserved
+    urgent = cand("urgent", gpus=6, created=6, priority=10)
+    result = run(f, ROOMY, holders, [gang, peer, urgent], reservations=first.reservations)
+    assert started(result) == {"urgent": (Placement(1, (2, 3, 4, 5, 6, 7)),)}
+    assert waits(result)["peer"].endswith("; 0/3 nodes fit: 2 reserved for gang, 1 too few free GPUs")
+    assert result.reservations == {"gang": (0, 1)}  # the gang keeps it, and waits on
+
+    # nor does a reservation shield a lower-priority holder from the outranking one's
+    # preemption: with n0 and n1 full and n2's job not preemptible, the victim is on n0
+    f, holders = backfill_state()
+    holders = [
+        *holders[:2],
+        replace(holders[2], preemptible=False),
+        hold(f, cand("f0", gpus=6), [whole(0, 6, first=1)]),
+        hold(f, cand("f1", gpus=6), [whole(1, 6, first=2)]),
+    ]
+    again = run(f, ROOMY, holders, [gang, urgent], reservations={"gang": (0, 1)})
+    assert [(e.key, e.by) for e in again.evictions] == [("f0", "urgent")]
 
 
 def test_a_reservation_is_not_made_for_a_gang_no_node_could_ever_take() -> None:

@@ -64,16 +64,31 @@ def test_best_effort_pods_borrow_idle_quota_instead_of_waiting() -> None:
 
 
 def test_a_pod_passed_over_for_300s_gets_a_node_reserved_and_starts() -> None:
-    """Two 2-GPU nodes; a 1-GPU LS pod arrives every 10 s for 20 s, so there is always one
-    on each node, and each departure's node goes to the next (higher priority) arrival.
-    The 2-GPU BE pod would wait for the stream to end (995 s). At 320 s it has waited 305 s
-    and reserves n0; at 340 s n0's pod leaves, the newcomer may not take it, and it starts."""
+    """Two 4-GPU nodes, spread. A 1-GPU LS pod arrives every 10 s for 40 s, so each node
+    keeps two: every departure leaves 3 GPUs free, taken again by the next arrival. The
+    4-GPU LS pod, of the same priority and older, is tried first each time but fits no
+    node, and would wait for the stream to end (about 1020 s). At 320 s it has waited
+    305 s and reserves n0, where that instant's departure left one pod; the newcomers go to
+    n1; at 340 s n0's last pod leaves and it starts. Nobody else waits."""
+    pods = [pod(f"s{k}", 1, "LS", 10 * k, 10 * k + 40) for k in range(101)]
+    pods.append(pod("big", 4, "LS", 15, 65))
+    stats = departures.replay_departures([node("n0", 4), node("n1", 4)], pods, "spread", 42, load=1.0)
+    assert stats.preemptions == 0
+    assert stats.never_started == 0
+    assert stats.mean_wait_s == pytest.approx((340 - 15) / len(pods))
+
+
+def test_a_reservation_does_not_hold_back_higher_priority_pods() -> None:
+    """Two 2-GPU nodes, spread. The 1-GPU LS stream keeps one pod on each node, and each
+    departure's node goes to the next LS arrival, which outranks the 2-GPU BE pod: its
+    reservation (from 320 s) binds only its own priority and lower, so it waits for the
+    stream to end: at 1010 s s99 leaves, no arrival follows, and its node is free."""
     pods = [pod(f"s{k}", 1, "LS", 10 * k, 10 * k + 20) for k in range(101)]
     pods.append(pod("big", 2, "BE", 15, 65))
     stats = departures.replay_departures([node("n0", 2), node("n1", 2)], pods, "spread", 42, load=1.0)
     assert stats.preemptions == 0
     assert stats.never_started == 0
-    assert stats.mean_wait_s == pytest.approx((340 - 15) / len(pods))
+    assert stats.mean_wait_s * len(pods) == pytest.approx(1010 - 15)
 
 
 def test_a_pod_no_node_can_take_is_counted_as_never_started() -> None:

@@ -22,12 +22,19 @@ promised. When it fits neither way by itself:
   chosen on a scratch copy (kube-scheduler's priority preemption, whole workloads);
 * victims that are already stopping (:attr:`Holder.evicting`) are never chosen again, and
   a preemptor whose victims are still stopping waits instead of evicting more: the same
-  eviction is never decided twice, and nothing is undone within a cycle.
+  eviction is never decided twice, and nothing is undone within a cycle;
+* once they are gone, the preemptor is tried before any other new admission, so the room
+  goes to it and not back to a victim that outranks it (a lender reclaiming from a
+  higher-priority borrower): no eviction loop across cycles. The runtimes pass
+  ``preempting`` for one cycle after the victims are gone for this.
 
 Backfill is bounded. Smaller work may pass a gang that does not fit, but once the gang
 has waited ``reserve_after_s`` it gets a reservation: the nodes where it fits once they
-drain, chosen among those closest to free. No later workload may land there, so as
-their pods end the gang's room grows and it starts; it can no longer starve.
+drain, chosen among those closest to free. No workload of its priority or lower may
+land there, so as their pods end the gang's room grows and it starts; it can no longer
+starve behind its peers. Higher-priority work ignores the reservation, as
+kube-scheduler's higher-priority pods ignore a lower one's nominated node: a
+reservation never delays, nor shields from preemption, what outranks it.
 """
 
 from __future__ import annotations
@@ -155,8 +162,8 @@ def schedule(
     usage = usage_of(holders)
     holding = {h.key: h for h in holders}
     result = CycleResult()
-    waiting = {c.key for c in candidates}
-    reserved = {k: v for k, v in (reservations or {}).items() if k in waiting}
+    priority_of = {c.key: c.workload.priority for c in candidates}
+    reserved = {k: v for k, v in (reservations or {}).items() if k in priority_of}
     evicting = {h.key for h in holders if h.evicting}
     # who could be a victim, lowest priority first: a gang that fits nowhere looks only at
     # the prefix below its own priority, not at every holder (thousands of bound pods)
@@ -165,7 +172,12 @@ def schedule(
     ready = sorted(
         (c for c in candidates if c.admitted), key=lambda c: (-c.workload.priority, c.workload.created, c.key)
     )
+    # a preemptor whose victims are gone has the first turn at the room it made: otherwise a
+    # victim that outranks it (a borrower reclaimed by a lender) takes it back, and is
+    # reclaimed again the cycle after
+    due = {k for k, vs in (preempting or {}).items() if vs and not any(v in holding for v in vs)}
     rest = _order([c for c in candidates if not c.admitted], queues, usage)
+    rest.sort(key=lambda c: c.key not in due)  # stable: the fair order within each part
     for c in [*ready, *rest]:
         if c.key in holding and not c.admitted:  # its last run still holds what it had
             result.waits.append(Wait(c.key, "waiting for its previous run to stop", "stopping"))
@@ -203,8 +215,10 @@ def schedule(
             flavor, borrowed, quota_reason = outcome.flavor, outcome.borrowed, outcome.reason
         elif c.admitted and c.key in holding:
             flavor = holding[c.key].flavor
-        others = _reserved_mask(fleet, reserved, but=c.key)
-        where = _eligibility(c, others, reserved)
+        # kube-scheduler's rule for nominated pods: a reservation binds only work of
+        # its own priority or lower; higher priority may land there (or preempt there)
+        binding = {k: v for k, v in reserved.items() if k != c.key and priority_of[k] >= c.workload.priority}
+        where = _eligibility(c, _reserved_mask(fleet, binding), binding)
         scratch = _without(fleet, [holding[v] for v in quota_victims]) if quota_victims else fleet
         placed = place_gang(scratch, c.pods, scorer, rng, where)
         node_victims: list[str] = []
@@ -269,11 +283,10 @@ def _order(candidates: Sequence[Candidate], queues: Mapping[str, QueueSpec], usa
     return sorted(candidates, key=lambda c: (-c.workload.priority, share(c), c.workload.created, c.key))
 
 
-def _reserved_mask(fleet: Fleet, reserved: Mapping[str, tuple[int, ...]], but: str) -> np.ndarray:
+def _reserved_mask(fleet: Fleet, reserved: Mapping[str, tuple[int, ...]]) -> np.ndarray:
     mask = np.zeros(len(fleet), dtype=bool)
-    for key, nodes in reserved.items():
-        if key != but:
-            mask[list(nodes)] = True
+    for nodes in reserved.values():
+        mask[list(nodes)] = True
     return mask
 
 
@@ -283,7 +296,7 @@ def _eligibility(
     where: list[Eligibility | None] = list(c.eligible) if c.eligible else [None] * len(c.pods)
     if not others.any():
         return where
-    holder = next(k for k, v in reserved.items() if k != c.key and others[list(v)].any())
+    holder = next(k for k, v in reserved.items() if others[list(v)].any())
     out: list[Eligibility | None] = []
     for pod, e in zip(c.pods, where, strict=True):
         if not (pod.gpus and pod.gpu_milli):  # a reservation holds GPUs; CPU-only pods pass

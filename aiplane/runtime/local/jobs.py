@@ -227,10 +227,11 @@ class JobRunner:
                 self._finish(run)
                 jobs[key] = local_job_finished(run.job)
         stopping = {run.job.key for run in self._stopping.values()}
+        # a preemptor is told of its victims while they stop, and for one cycle after: in
+        # that one it has the first turn at the room they left (cycle.schedule)
+        preempting = self.preempting
         self.preempting = {
-            by: left
-            for by, victims in self.preempting.items()
-            if (left := [v for v in victims if v in stopping])
+            by: left for by, victims in preempting.items() if (left := [v for v in victims if v in stopping])
         }
         for key in set(self._requeued) - jobs.keys():
             del self._requeued[key]
@@ -262,7 +263,7 @@ class JobRunner:
             now=now,
             waiting={k: max(0.0, now - t) for k, t in self._requeued.items()},
             reservations=self.reservations,
-            preempting=self.preempting,
+            preempting=preempting,
             reserve_after_s=self.reserve_after_s,
         )
         result = schedule(snapshot)
