@@ -450,6 +450,25 @@ def test_a_starving_gang_reserves_the_nodes_closest_to_free_then_starts() -> Non
     assert done.reservations == {}
 
 
+def test_a_reservation_takes_the_nodes_whose_oldest_workload_is_youngest() -> None:
+    """Lengths are heavy-tailed: a job that has run long is likely to run on. n0's job is
+    the oldest; n2 has most free, but holds an old job beside a young one; n1's one job
+    is the youngest, so n1 is held, though it has least free."""
+    f = fleet(8, 8, 8)
+    holders = [
+        hold(f, cand("old", gpus=3, created=0), [whole(0, 3)]),
+        hold(f, cand("young", gpus=5, created=100), [whole(1, 5)]),
+        hold(f, cand("young2", gpus=1, created=100), [whole(2, 1)]),
+        hold(f, cand("older", gpus=1, created=10), [whole(2, 1, first=1)]),
+    ]
+    gang = cand("gang", gpus=8, created=200, waiting_s=300)
+    result = run(f, ROOMY, holders, [gang])
+    assert result.reservations == {"gang": (1,)}
+    # no ages to go by: most free first
+    same = [replace(h, workload=replace(h.workload, created=0)) for h in holders]
+    assert run(f, ROOMY, same, [gang]).reservations == {"gang": (2,)}
+
+
 def test_a_reservation_binds_its_priority_and_below_but_not_what_outranks_it() -> None:
     """kube-scheduler's rule for nominated pods: higher priority passes a reservation."""
     f, holders = backfill_state()

@@ -30,9 +30,10 @@ promised. When it fits neither way by itself:
 
 Backfill is bounded. Smaller work may pass a gang that does not fit, but once the gang
 has waited ``reserve_after_s`` it gets a reservation: the nodes where it fits once they
-drain, chosen among those closest to free. No workload of its priority or lower may
-land there, so as their pods end the gang's room grows and it starts; it can no longer
-starve behind its peers. Higher-priority work ignores the reservation, as
+drain, those whose oldest workload is youngest first (job lengths are heavy-tailed: what
+has run long tends to run on), then those closest to free. No workload of its priority
+or lower may land there, so as their pods end the gang's room grows and it starts; it
+can no longer starve behind its peers. Higher-priority work ignores the reservation, as
 kube-scheduler's higher-priority pods ignore a lower one's nominated node: a
 reservation never delays, nor shields from preemption, what outranks it.
 """
@@ -256,7 +257,7 @@ def schedule(
             continue
         reason = f"{quota_reason}; {placed.reason}" if quota_reason else placed.reason
         if c.key not in reserved and c.waiting_s >= reserve_after_s and len(reserved) < max_reservations:
-            nodes_for = reserve(fleet, c, where)
+            nodes_for = reserve(fleet, c, where, drain_order(fleet, holders))
             if nodes_for:
                 reserved[c.key] = nodes_for
         if c.key in reserved:
@@ -342,13 +343,17 @@ def _node_victims(
         return None
     pool.sort(key=lambda h: (h.workload.priority, -h.workload.created, h.key))
     pool = pool[:MAX_VICTIM_CANDIDATES]
+    if not isinstance(
+        place_gang(_without(fleet, pool), c.pods, scorer, rng, where, explained=False), GangFit
+    ):
+        return None  # not even with all of them gone: one what-if, not one per candidate
     scratch = fleet.copy()
     removed: list[Holder] = []
     for h in pool:
         for pod, placement in h.pods:
             scratch.unbind(pod, placement)
         removed.append(h)
-        if isinstance(place_gang(scratch, c.pods, scorer, rng, where), GangFit):
+        if isinstance(place_gang(scratch, c.pods, scorer, rng, where, explained=False), GangFit):
             break
     else:
         return None
@@ -356,14 +361,33 @@ def _node_victims(
         trial = scratch.copy()
         for pod, placement in h.pods:
             trial.bind(pod, placement)
-        if isinstance(place_gang(trial, c.pods, scorer, rng, where), GangFit):
+        if isinstance(place_gang(trial, c.pods, scorer, rng, where, explained=False), GangFit):
             scratch = trial
             removed.remove(h)
     return [h.key for h in removed]
 
 
-def reserve(fleet: Fleet, c: Candidate, where: Sequence[Eligibility | None]) -> tuple[int, ...]:
-    """The fewest nodes, closest to free first, on which ``c``'s gang fits once they drain.
+def drain_order(fleet: Fleet, holders: Sequence[Holder]) -> np.ndarray:
+    """Per node, a key that is lower the sooner the node is likely to drain.
+
+    Run times are not known in advance, and GPU job lengths are heavy-tailed (the Alibaba
+    trace's run from seconds to days): the longer a job has run, the longer it is likely
+    to go on. So a node's key is the age of the oldest workload holding GPUs there (by
+    its creation time); nodes without one (empty, or holding only work started this
+    cycle) come first.
+    """
+    oldest = np.full(len(fleet), np.inf)
+    for h in holders:
+        for node in {p.node for pod, p in h.pods if pod.gpus and pod.gpu_milli}:
+            oldest[node] = min(oldest[node], h.workload.created)
+    return -oldest
+
+
+def reserve(
+    fleet: Fleet, c: Candidate, where: Sequence[Eligibility | None], drain: np.ndarray | None = None
+) -> tuple[int, ...]:
+    """The fewest nodes on which ``c``'s gang fits once they drain, those likely to drain
+    first (``drain``, lower first: :func:`drain_order`), then with most GPUs free.
 
     () when it would not fit even on empty nodes (wrong model, too big): a reservation
     would only block others for nothing.
@@ -378,7 +402,8 @@ def reserve(fleet: Fleet, c: Candidate, where: Sequence[Eligibility | None]) -> 
     if not order:
         return ()
     free = fleet.gpu_free.sum(axis=1)
-    order.sort(key=lambda i: (-int(free[i]), int(fleet.rank[i])))
+    soon = drain if drain is not None else np.zeros(len(fleet))
+    order.sort(key=lambda i: (float(soon[i]), -int(free[i]), int(fleet.rank[i])))
     order = order[:MAX_RESERVATION_NODES]
     need = sum(p.total_milli for p in c.pods)
     per_node = max(int(fleet.gpu_count[order].max()) * MILLI, 1)
@@ -393,7 +418,8 @@ def reserve(fleet: Fleet, c: Candidate, where: Sequence[Eligibility | None]) -> 
             (e or Eligibility(np.ones(len(fleet), dtype=bool))).restricted(only, "not reserved")
             for e in where
         ]
-        if isinstance(place_gang(trial, c.pods, first_fit, np.random.default_rng(0), limited), GangFit):
+        fit = place_gang(trial, c.pods, first_fit, np.random.default_rng(0), limited, explained=False)
+        if isinstance(fit, GangFit):
             return tuple(sorted(prefix))
         k += 1
     return ()

@@ -46,18 +46,21 @@ def place_gang(
     scorer: Scorer,
     rng: np.random.Generator,
     eligible: Sequence[Eligibility | None] | None = None,
+    *,
+    explained: bool = True,
 ) -> GangFit | GangNoFit:
     """Placements for every pod of the gang, or the reason the first misfit found none.
 
     ``fleet`` is not changed; the caller binds the placements it accepts (and tells the
     scorer, through :meth:`Scorer.bound`). A lone pod needs no scratch copy.
     ``eligible[i]`` restricts where pod ``i`` may go (None: anywhere it fits).
+    ``explained=False`` skips the reason (a what-if only asks whether it fits).
     """
     where = list(eligible) if eligible is not None else [None] * len(pods)
     if len(pods) == 1:
         fits = np.flatnonzero(fleet.feasible(pods[0], where[0]))
         if not len(fits):
-            return GangNoFit(explain(fleet, pods[0], where[0]), pods[0])
+            return GangNoFit(explain(fleet, pods[0], where[0]) if explained else "", pods[0])
         return GangFit((scorer.place(fleet, pods[0], fits, rng),))
     scratch = fleet.copy()
     placed: dict[int, Placement] = {}
@@ -65,9 +68,9 @@ def place_gang(
         pod = pods[i]
         fits = np.flatnonzero(scratch.feasible(pod, where[i]))
         if not len(fits):
-            reason = explain(scratch, pod, where[i])
-            if len(pods) > 1:
-                reason = f"gang of {len(pods)} pods, {len(placed)} fit; {reason}"
+            if not explained:
+                return GangNoFit("", pod)
+            reason = f"gang of {len(pods)} pods, {len(placed)} fit; {explain(scratch, pod, where[i])}"
             return GangNoFit(reason, pod)
         placement = scorer.place(scratch, pod, fits, rng)
         scratch.bind(pod, placement)
