@@ -219,7 +219,7 @@ def schedule(
         # kube-scheduler's rule for nominated pods: a reservation binds only work of
         # its own priority or lower; higher priority may land there (or preempt there)
         binding = {k: v for k, v in reserved.items() if k != c.key and priority_of[k] >= c.workload.priority}
-        where = _eligibility(c, _reserved_mask(fleet, binding), binding)
+        where = _eligibility(c, len(fleet), binding)
         scratch = _without(fleet, [holding[v] for v in quota_victims]) if quota_victims else fleet
         placed = place_gang(scratch, c.pods, scorer, rng, where)
         node_victims: list[str] = []
@@ -284,20 +284,18 @@ def _order(candidates: Sequence[Candidate], queues: Mapping[str, QueueSpec], usa
     return sorted(candidates, key=lambda c: (-c.workload.priority, share(c), c.workload.created, c.key))
 
 
-def _reserved_mask(fleet: Fleet, reserved: Mapping[str, tuple[int, ...]]) -> np.ndarray:
-    mask = np.zeros(len(fleet), dtype=bool)
-    for nodes in reserved.values():
-        mask[list(nodes)] = True
-    return mask
-
-
 def _eligibility(
-    c: Candidate, others: np.ndarray, reserved: Mapping[str, tuple[int, ...]]
+    c: Candidate, nodes: int, binding: Mapping[str, tuple[int, ...]]
 ) -> list[Eligibility | None]:
+    """Where ``c``'s pods may go: their own eligibility, off the GPU nodes ``binding`` holds."""
     where: list[Eligibility | None] = list(c.eligible) if c.eligible else [None] * len(c.pods)
-    if not others.any():
+    held = [key for key, at in binding.items() if at]
+    if not held:
         return where
-    holder = next(k for k, v in reserved.items() if others[list(v)].any())
+    others = np.zeros(nodes, dtype=bool)
+    for key in held:
+        others[list(binding[key])] = True
+    holder = held[0]
     out: list[Eligibility | None] = []
     for pod, e in zip(c.pods, where, strict=True):
         if not (pod.gpus and pod.gpu_milli):  # a reservation holds GPUs; CPU-only pods pass
@@ -384,7 +382,7 @@ def drain_order(fleet: Fleet, holders: Sequence[Holder]) -> np.ndarray:
 
 
 def reserve(
-    fleet: Fleet, c: Candidate, where: Sequence[Eligibility | None], drain: np.ndarray | None = None
+    fleet: Fleet, c: Candidate, where: Sequence[Eligibility | None], drain: np.ndarray
 ) -> tuple[int, ...]:
     """The fewest nodes on which ``c``'s gang fits once they drain, those likely to drain
     first (``drain``, lower first: :func:`drain_order`), then with most GPUs free.
@@ -402,8 +400,7 @@ def reserve(
     if not order:
         return ()
     free = fleet.gpu_free.sum(axis=1)
-    soon = drain if drain is not None else np.zeros(len(fleet))
-    order.sort(key=lambda i: (float(soon[i]), -int(free[i]), int(fleet.rank[i])))
+    order.sort(key=lambda i: (float(drain[i]), -int(free[i]), int(fleet.rank[i])))
     order = order[:MAX_RESERVATION_NODES]
     need = sum(p.total_milli for p in c.pods)
     per_node = max(int(fleet.gpu_count[order].max()) * MILLI, 1)
