@@ -30,8 +30,22 @@ class ModelResources(Strict):
 
 
 class Replicas(Strict):
+    """Bounds for the autoscaler, and on Kubernetes the count it last chose.
+
+    ``desired`` is what the Model's ``/scale`` subresource reads and writes: aiplane's
+    autoscaler (or ``kubectl scale``, or the gateway scaling a Model up from zero) sets
+    it, and the Deployment follows it, clamped to ``[min, max]``. Unset, ``min`` runs.
+    """
+
     min: int = Field(default=1, ge=0, le=1000)
     max: int = Field(default=1, ge=1, le=1000)
+    desired: int | None = Field(
+        default=None, ge=0, le=1000, description="replicas to run now (the /scale subresource); unset: min"
+    )
+
+    def count(self) -> int:
+        """The replicas to run: ``desired`` within the bounds, else ``min``."""
+        return self.min if self.desired is None else min(max(self.desired, self.min), self.max)
 
     @model_validator(mode="after")
     def _ordered(self) -> Replicas:
@@ -40,17 +54,81 @@ class Replicas(Strict):
         return self
 
 
-class Autoscaling(Strict):
-    """Which load signal drives replicas, the target per replica, and idle scale-down."""
+AutoscalingMetric = Literal["concurrency", "queue-depth", "kv-cache", "latency", "cpu", "memory"]
+# The target each metric means when none is given, and why.
+DEFAULT_TARGETS: dict[str, float] = {
+    # requests in flight or waiting per replica: a replica with its slots full
+    # (llama.cpp: 4); for engines that batch inside, 8 (overridden by the Model's concurrency)
+    "concurrency": 8.0,
+    # requests waiting per replica beyond its slots: vLLM production-stack's KEDA threshold
+    "queue-depth": 5.0,
+    # KV-cache use: room for the growth of the sequences already running
+    "kv-cache": 0.8,
+    # p95 seconds to the first token: an interactive chat SLO
+    "latency": 2.0,
+    # the textbook HPA: 70% of the requested CPU (memory likewise)
+    "cpu": 0.7,
+    "memory": 0.7,
+}
+FRACTION_METRICS = ("kv-cache", "cpu", "memory")
 
-    metric: Literal["concurrency", "queue-depth", "kv-cache", "latency"] = "concurrency"
-    target: float = Field(default=1.0, gt=0, description="target value of metric per replica")
+
+class Autoscaling(Strict):
+    """Which load signal drives replicas, the target per replica, and how fast to move.
+
+    The windows are Knative KPA's defaults: a 60 s stable window for scale-down and a
+    6 s panic window so bursts are answered in seconds. ``lookAhead`` scales for the
+    load expected one cold start from now while load rises.
+    """
+
+    metric: AutoscalingMetric = "concurrency"
+    target: float | None = Field(
+        default=None,
+        gt=0,
+        description="target value of metric per replica; default per metric: concurrency = the "
+        "replica's concurrency (or 8), queue-depth 5, kv-cache 0.8, latency 2.0 (p95 TTFT seconds), "
+        "cpu/memory 0.7",
+    )
     scale_to_zero_after: Duration = Field(default="300s", alias="scaleToZeroAfter")
     scale_down_delay: Duration = Field(default="30s", alias="scaleDownDelay")
+    stable_window: Duration = Field(default="60s", alias="stableWindow")
+    panic_window: Duration = Field(default="6s", alias="panicWindow")
+    look_ahead: bool = Field(default=True, alias="lookAhead")
+
+    @model_validator(mode="after")
+    def _fraction_targets(self) -> Autoscaling:
+        if self.metric in FRACTION_METRICS and self.target is not None and self.target > 1:
+            raise ValueError(
+                f"target for metric {self.metric} is a fraction in (0, 1] (got {self.target:g}); "
+                f"for 70% write 0.7"
+            )
+        return self
+
+    def target_for(self, concurrency: int | None) -> float:
+        """The target in effect: the given one, else the metric's default."""
+        if self.target is not None:
+            return self.target
+        if self.metric == "concurrency" and concurrency is not None:
+            return float(concurrency)
+        return DEFAULT_TARGETS[self.metric]
+
+
+RoutingStrategy = Literal[
+    "least-load", "power-of-two", "round-robin", "random", "chwbl", "prefix-hash", "aiplane", "prefix-aware"
+]
 
 
 class Routing(Strict):
-    strategy: Literal["least-load", "prefix-hash", "power-of-two"] = "least-load"
+    """How the gateway picks a replica. ``aiplane`` (prefix-cache and load aware) suits chat
+    with shared system prompts; ``chwbl`` is KubeAI's prefix hashing (``prefix-hash`` is
+    its old name); a request with the session header sticks to one replica."""
+
+    strategy: RoutingStrategy = "least-load"
+    session_header: str | None = Field(
+        default="x-session-id",
+        alias="sessionHeader",
+        description="requests with the same value of this header go to the same replica; null: off",
+    )
 
 
 class Cache(Strict):
@@ -106,6 +184,28 @@ class ModelSpec(Strict):
         description="max_tokens the gateway sets when a request gives none (or null), so no "
         "request holds a replica until its context is full",
     )
+
+    @model_validator(mode="after")
+    def _utilization_needs_requests(self) -> ModelSpec:
+        _check_utilization_metric(self)
+        return self
+
+
+def _check_utilization_metric(spec: ModelSpec) -> None:
+    """An HPA measures use against the request, and cannot scale to zero."""
+    metric = spec.autoscaling.metric
+    if metric not in ("cpu", "memory"):
+        return
+    if getattr(spec.resources, metric) is None:
+        raise ValueError(
+            f"autoscaling.metric {metric} needs resources.{metric}: utilization is measured "
+            f"against the requested {metric}"
+        )
+    if spec.replicas.min < 1:
+        raise ValueError(
+            f"autoscaling.metric {metric} scales with a HorizontalPodAutoscaler, which cannot scale "
+            f"to zero: set replicas.min >= 1 (got {spec.replicas.min})"
+        )
 
 
 class Model(Resource):

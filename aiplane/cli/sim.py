@@ -137,3 +137,120 @@ def _departures(
             f"{sum(s.seconds for s in mine) / n:.1f}",
         )
     console.print(t)
+
+
+@app.command("serve")
+def serve_cmd(
+    trace: Annotated[
+        Path,
+        typer.Option(
+            help="request trace: Azure LLM CSV (TIMESTAMP,ContextTokens,GeneratedTokens) or Mooncake JSONL"
+        ),
+    ],
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    plot: Annotated[Path | None, typer.Option(help="write a PNG per scenario into this directory")] = None,
+    profile: Annotated[str, typer.Option(help="replica calibration: h100-llama3-8b, smollm2-llamacpp")] = (
+        "h100-llama3-8b"
+    ),
+    policies: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated policies (default all). Autoscaling: aiplane, hpa-cpu, "
+            "hpa-concurrency, kubeai, knative, keda. Routing: aiplane, least-load, power-of-two, "
+            "round-robin, random, chwbl, oracle"
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="replay only the trace's first N requests")] = None,
+    scenario: Annotated[
+        str,
+        typer.Option(help="auto (autoscaling, and routing for traces with prefixes), autoscaling, routing"),
+    ] = "auto",
+    multipliers: Annotated[
+        str | None, typer.Option(help="autoscaling rate multipliers, e.g. 1,4,16 (default: chosen per trace)")
+    ] = None,
+    sweep: Annotated[
+        bool, typer.Option("--sweep", help="run each autoscaler at several targets (Pareto)")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="seed of the random router")] = 0,
+    cold_start_timeout: Annotated[
+        float, typer.Option(min=0.0, help="seconds a request waits for a replica before it is dropped")
+    ] = 120.0,
+) -> None:
+    """Replay an LLM request trace against simulated replicas: aiplane's autoscaler and router
+    against the baselines, on the same signals the gateway gives them.
+
+    Reports per policy the share of requests within the profile's TTFT SLO (dropped ones
+    miss), p50/p99 TTFT, GPU-hours, cold starts, drops and the prefix-cache hit rate.
+    """
+    from aiplane.sim.serve import profiles, report, scenarios, traces
+
+    if scenario not in ("auto", "autoscaling", "routing"):
+        raise typer.BadParameter(f"unknown scenario {scenario!r} (auto, autoscaling, routing)")
+    try:
+        spec = profiles.profile_for(profile)
+        rates = [float(m) for m in multipliers.split(",") if m.strip()] if multipliers else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if rates is not None and any(m <= 0 for m in rates):
+        raise typer.BadParameter("multipliers must be > 0")
+    wanted = [p.strip() for p in policies.split(",") if p.strip()] if policies else None
+    known = set(scenarios.AUTOSCALERS) | set(scenarios.ROUTERS)
+    if wanted and (unknown := [p for p in wanted if p not in known]):
+        raise typer.BadParameter(f"unknown policy {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    try:
+        replay = traces.read_trace(trace, limit=limit)
+    except traces.TraceError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+    plan: list[tuple[scenarios.Scenario, list[str]]] = []
+    if scenario in ("auto", "autoscaling"):
+        names = [p for p in (wanted or scenarios.AUTOSCALERS) if p in scenarios.AUTOSCALERS]
+        if names:
+            plan += [(s, names) for s in scenarios.autoscaling_scenarios(replay, spec, rates)]
+    if scenario == "routing" or (scenario == "auto" and replay.has_prefixes):
+        names = [p for p in (wanted or scenarios.ROUTERS) if p in scenarios.ROUTERS]
+        if names:
+            plan.append((scenarios.routing_scenario(replay, spec, None), names))
+    if not plan:
+        raise typer.BadParameter("no scenario runs any of the policies given")
+
+    outcomes = []
+    try:
+        with err_console.status("simulating") as status:
+            for sc, names in plan:
+
+                def progress(r: object, sc: scenarios.Scenario = sc) -> None:
+                    status.update(f"simulating {sc.name}: {getattr(r, 'policy', '')} done")
+
+                outcomes.append(
+                    (
+                        sc,
+                        scenarios.run(
+                            sc,
+                            spec,
+                            names,
+                            sweep=sweep,
+                            seed=seed,
+                            timeout=cold_start_timeout,
+                            progress=progress,
+                        ),
+                    )
+                )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    written = report.plot(outcomes, plot, spec.name) if plot else []
+    if json_out:
+        console.print_json(report.as_json(outcomes))
+        return
+    for sc, results in outcomes:
+        console.print(f"[bold]{sc.name}[/]  {sc.note}; profile {spec.name}, SLO TTFT <= {spec.ttft_slo_s:g}s")
+        t = table(*report.COLUMNS)
+        t.columns[0].no_wrap = True
+        for row in report.table_rows(results):
+            t.add_row(*row)
+        console.print(t)
+        console.print()
+    console.print(report.LEGEND, style="dim")
+    for path in written:
+        console.print(f"plot: {path}", soft_wrap=True)

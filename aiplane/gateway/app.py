@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -51,6 +52,9 @@ class Gateway:
     config: GatewayConfig = field(default_factory=GatewayConfig)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _session: aiohttp.ClientSession | None = None
+    # Each model's router memory (prefix-cache estimates, sessions), keyed by the router's
+    # name too, so a changed strategy starts fresh; and the replicas it has seen.
+    _routing: dict[tuple[str, str], tuple[Any, set[str]]] = field(default_factory=dict)
 
     # -- wiring ------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -160,11 +164,13 @@ class Gateway:
                     code="model_not_found",
                 )
             label = route.served_name
+            self.load.arrived(label)
             if endpoint not in route.endpoints:
                 raise OpenAIError(400, f"model '{inference.model}' does not serve {endpoint}", param="model")
             raw = shape_for(inference, route)
             await self._ready_upstreams(route)
-            response, outcome = await self._proxy(request, route, inference, raw, started)
+            session = request.headers.get(route.session_header) if route.session_header else None
+            response, outcome = await self._proxy(request, route, inference, raw, started, session)
             status = str(outcome.status)
             self._observe(label, endpoint, outcome, started)
             return response
@@ -186,14 +192,14 @@ class Gateway:
             self.metrics.queue_wait.labels(name).observe(0.0)
             return
         self.metrics.cold_starts.labels(name).inc()
-        self.load.queued[name] += 1
-        self.metrics.queued.labels(name).inc()
+        self.load.held[name] += 1
+        self.metrics.held.labels(name).inc()
         waited = time.monotonic()
         try:
             upstreams = await self.discovery.wait_for_upstreams(name, route.cold_start_timeout)
         finally:
-            self.load.queued[name] -= 1
-            self.metrics.queued.labels(name).dec()
+            self.load.held[name] -= 1
+            self.metrics.held.labels(name).dec()
             self.metrics.queue_wait.labels(name).observe(time.monotonic() - waited)
         if not upstreams:
             if why := self.discovery.unavailable(name):
@@ -205,14 +211,30 @@ class Gateway:
                 retry_after=COLD_START_RETRY_AFTER,
             )
 
-    def _pick(self, route: ModelRoute, upstreams: list[Upstream], inference: InferenceRequest) -> Upstream:
-        loads = [ReplicaLoad(u.replica_id, self.load.replica_load(u.replica_id)) for u in upstreams]
-        choice = route.router.choose(loads, RouteRequest(next(self._seq), inference.prefix))
+    def _pick(
+        self, route: ModelRoute, upstreams: list[Upstream], inference: InferenceRequest, session: str | None
+    ) -> Upstream:
+        name, router = route.served_name, route.router
+        key = (name, router.name)
+        if key not in self._routing:
+            self._routing[key] = (router.new_state(), set())
+        state, seen = self._routing[key]
+        present = {u.replica_id for u in self.discovery.upstreams(name)} | {u.replica_id for u in upstreams}
+        for gone in seen - present:  # scaled down or failed: its cache estimate is stale
+            router.forget(gone, state)
+        seen.intersection_update(present)
+        loads = [
+            ReplicaLoad(u.replica_id, self.load.replica_load(u.replica_id), slots=route.concurrency)
+            for u in upstreams
+        ]
+        ask = RouteRequest(next(self._seq), inference.prefix, inference.blocks, session, now=time.monotonic())
+        choice = router.choose(loads, ask, state)
         assert choice is not None
+        seen.add(choice.replica_id)
         return next(u for u in upstreams if u.replica_id == choice.replica_id)
 
     def _take_now(
-        self, route: ModelRoute, inference: InferenceRequest, tried: set[str]
+        self, route: ModelRoute, inference: InferenceRequest, tried: set[str], session: str | None
     ) -> Callable[[], Upstream | None]:
         """A picker over the replicas with a free slot; it claims the slot it picks."""
         name, limit = route.served_name, route.concurrency
@@ -226,7 +248,7 @@ class Gateway:
             ]
             if not free:
                 return None
-            upstream = self._pick(route, free, inference)
+            upstream = self._pick(route, free, inference, session)
             self.load.start(name, upstream.replica_id)
             self.metrics.in_flight.labels(name).inc()
             return upstream
@@ -234,14 +256,14 @@ class Gateway:
         return pick
 
     async def _take_slot(
-        self, route: ModelRoute, inference: InferenceRequest, tried: set[str]
+        self, route: ModelRoute, inference: InferenceRequest, tried: set[str], session: str | None
     ) -> Upstream | None:
         """A replica with a free slot, queueing first come, first served while all are busy.
 
         None when no untried replica is left (a retry after the only one failed).
         """
         name = route.served_name
-        pick = self._take_now(route, inference, tried)
+        pick = self._take_now(route, inference, tried, session)
         if not self.slots.waiting(name) and (upstream := pick()) is not None:
             return upstream
         if not [u for u in self.discovery.upstreams(name) if u.replica_id not in tried]:
@@ -272,13 +294,14 @@ class Gateway:
         inference: InferenceRequest,
         raw: bytes,
         started: float,
+        session: str | None,
     ) -> tuple[web.StreamResponse, Outcome]:
         assert self._session is not None
         name = route.served_name
         tried: set[str] = set()
         last_error, fresh_retry = "", False
         for _ in range(ATTEMPTS):
-            upstream = await self._take_slot(route, inference, tried)
+            upstream = await self._take_slot(route, inference, tried, session)
             if upstream is None:
                 break
             tried.add(upstream.replica_id)
@@ -311,7 +334,10 @@ class Gateway:
         )
 
     def _observe(self, name: str, endpoint: str, outcome: Outcome, started: float) -> None:
-        self.metrics.latency.labels(name, endpoint).observe(time.monotonic() - started)
+        latency = time.monotonic() - started
+        self.metrics.latency.labels(name, endpoint).observe(latency)
+        if outcome.status < 400:
+            self.load.completed(name, ttft=outcome.ttft, latency=latency, tokens=outcome.completion_tokens)
         if outcome.ttft is not None:
             self.metrics.ttft.labels(name).observe(outcome.ttft)
         if outcome.prompt_tokens:

@@ -31,6 +31,7 @@ class ModelRoute:
     context_length: int | None = None  # prompt + completion tokens, when known
     default_max_tokens: int | None = None  # set on requests that give no max_tokens
     multiple_choices: bool = True  # the engine honours n > 1
+    session_header: str | None = None  # requests with equal values go to one replica
 
 
 class Discovery(Protocol):

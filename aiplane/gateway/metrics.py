@@ -27,7 +27,14 @@ class GatewayMetrics:
         )
         self.queued = Gauge(
             "aiplane_gateway_requests_queued",
-            "Requests held waiting for a ready replica (cold start).",
+            "Requests waiting for a free slot on a ready replica.",
+            ["model"],
+            registry=r,
+        )
+        self.held = Gauge(
+            "aiplane_gateway_requests_held",
+            "Requests held waiting for any ready replica (a cold start); the autoscaler scales "
+            "from zero on it.",
             ["model"],
             registry=r,
         )

@@ -10,6 +10,7 @@ knows: its default ``max_tokens``, its context length, whether its engine can gi
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,9 @@ REQUIRED: dict[str, tuple[str, type | tuple[type, ...]]] = {
 }
 GENERATING = frozenset({CHAT, COMPLETIONS})
 PREFIX_CHARS = 256
+# About 128 tokens of English per block; 64 blocks bound the hashing to 32 KiB of prompt.
+BLOCK_CHARS = 512
+MAX_BLOCKS = 64
 MAX_DEPTH = 100  # OpenAI allows 10 levels of nesting in a schema; engines' parsers recurse
 
 
@@ -37,6 +41,7 @@ class InferenceRequest:
     stream: bool
     body: dict[str, Any]  # as the client sent it, minus parameters given as null
     prefix: str
+    blocks: tuple[int, ...] = ()  # chained hashes of the prompt's blocks, for prefix-cache routing
 
     @property
     def include_usage(self) -> bool:
@@ -74,7 +79,8 @@ def parse_body(raw: bytes, endpoint: str) -> InferenceRequest:
         check_messages(value)
     elif endpoint == COMPLETIONS:
         check_prompt(value)
-    return InferenceRequest(endpoint, model, stream, body, _prefix(body, field))
+    text = _prompt_text(body, field)
+    return InferenceRequest(endpoint, model, stream, body, text[:PREFIX_CHARS], prompt_blocks(text))
 
 
 def shape_for(inference: InferenceRequest, route: ModelRoute) -> bytes:
@@ -135,9 +141,22 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return "string or array"
 
 
-def _prefix(body: dict[str, Any], field: str) -> str:
-    """The start of the prompt, which prefix-aware routing hashes."""
+def _prompt_text(body: dict[str, Any], field: str) -> str:
+    """The prompt as text, roles included, for prefix routing (bounded: see MAX_BLOCKS)."""
     value = body.get(field)
     if field == "messages" and isinstance(value, list):
-        return "\n".join(text_of(m.get("content")) for m in value)[:PREFIX_CHARS]
-    return str(value)[:PREFIX_CHARS]
+        return "\n".join(f"{m.get('role')}:{text_of(m.get('content'))}" for m in value if isinstance(m, dict))
+    return str(value)[: BLOCK_CHARS * MAX_BLOCKS]
+
+
+def prompt_blocks(text: str) -> tuple[int, ...]:
+    """Chained hashes of the prompt's successive ``BLOCK_CHARS`` blocks, as vLLM keys its
+    prefix cache: block i's hash covers blocks 0..i, so equal hashes mean an equal prefix.
+    Only whole blocks count (a partial block is not cached by block), at most MAX_BLOCKS."""
+    blocks: list[int] = []
+    digest = b""
+    for start in range(0, min(len(text), BLOCK_CHARS * MAX_BLOCKS) - BLOCK_CHARS + 1, BLOCK_CHARS):
+        h = hashlib.blake2b(digest + text[start : start + BLOCK_CHARS].encode(), digest_size=8)
+        digest = h.digest()
+        blocks.append(int.from_bytes(digest, "big"))
+    return tuple(blocks)

@@ -26,10 +26,13 @@ def model_yaml(
     *,
     min_replicas: int = 1,
     max_replicas: int = 1,
-    target: int = 4,
+    target: float = 4,
     scale_to_zero_after: str = "300s",
     scale_down_delay: str = "1s",
     cold_start: str = "60s",
+    metric: str = "concurrency",
+    stable_window: str = "60s",
+    extra: str = "",
 ) -> str:
     return f"""\
 apiVersion: aiplane.dev/v1alpha1
@@ -40,9 +43,10 @@ spec:
   source: {SMOLLM2}
   replicas: {{min: {min_replicas}, max: {max_replicas}}}
   autoscaling:
-    {{target: {target}, scaleToZeroAfter: {scale_to_zero_after}, scaleDownDelay: {scale_down_delay}}}
+    {{metric: {metric}, target: {target}, scaleToZeroAfter: {scale_to_zero_after},
+      scaleDownDelay: {scale_down_delay}, stableWindow: {stable_window}, panicWindow: 2s}}
   timeouts: {{coldStart: {cold_start}}}
-"""
+{extra}"""
 
 
 @dataclass

@@ -407,7 +407,7 @@ def test_sigterm_drains_held_requests_and_a_second_one_stops_at_once(tmp_path: P
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         while (
-            'aiplane_gateway_requests_queued{model="sleeper"} 1.0'
+            'aiplane_gateway_requests_held{model="sleeper"} 1.0'
             not in httpx.get(plane.url + "/metrics", timeout=5).text
         ):
             assert time.monotonic() < deadline, "the request was never held"

@@ -143,7 +143,7 @@ async def test_routes_a_model_to_each_ready_pod_on_its_container_port(kube: Kube
         assert [r.served_name for r in discovery.models()] == [served]
         route = discovery.lookup(served)
         assert route is not None and route.owner == f"{ns}/llama"
-        assert route.cold_start_timeout == 120.0 and route.router.name == "least-load"
+        assert route.cold_start_timeout == 120.0 and route.router.name == "least-load+sessions"
         expected = {(pod, f"http://{ip}:{VLLM_PORT}") for pod, ip in pods.items()}
         assert urls(discovery, served) == expected  # per pod, not the Service's port 80
         assert discovery.lookup("no-such-model") is None
@@ -210,7 +210,7 @@ async def test_gateway_lists_models_and_answers_503_when_no_replica_comes(
             )
         )
         metrics_url = str(server.make_url("/metrics"))
-        gauge = f'aiplane_gateway_requests_queued{{model="{served}"}} 1.0'
+        gauge = f'aiplane_gateway_requests_held{{model="{served}"}} 1.0'
 
         async def queued() -> bool:
             async with aiohttp.ClientSession() as http, http.get(metrics_url) as resp:

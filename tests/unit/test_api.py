@@ -105,7 +105,8 @@ def test_defaults_fill_a_minimal_model() -> None:
     spec = mdl.spec
     assert mdl.served_name == "smollm2"
     assert (spec.replicas.min, spec.replicas.max, spec.resources.gpus) == (1, 1, 0)
-    assert (spec.autoscaling.metric, spec.autoscaling.target) == ("concurrency", 1.0)
+    assert (spec.autoscaling.metric, spec.autoscaling.target) == ("concurrency", None)
+    assert spec.autoscaling.target_for(4) == 4.0 and spec.autoscaling.target_for(None) == 8.0
     assert (spec.timeouts.cold_start, spec.timeouts.request) == ("120s", "600s")
 
 

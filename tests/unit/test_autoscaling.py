@@ -1,4 +1,8 @@
-"""``decide`` around ``ConcurrencyAutoscaler``: bounds, scale-to-zero, scale-down delay."""
+"""``decide`` around the concurrency policy: bounds, scale-to-zero, scale-down delay.
+
+These contexts have no windows and no look-ahead (``scale_context``'s default), so each
+rule is seen alone; ``test_autoscaling_policies.py`` covers windows, look-ahead and the
+other metrics."""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ import dataclasses
 import pytest
 from builders import FakeClock, scale_context
 
-from aiplane.policies.autoscaling import AutoscalerState, ConcurrencyAutoscaler, ScaleTo, decide
+from aiplane.policies.autoscaling import AutoscalerState, Concurrency, ScaleTo, decide
 
-POLICY = ConcurrencyAutoscaler()
+POLICY = Concurrency()
 
 
 def replicas(state: AutoscalerState = AutoscalerState(), **ctx: float) -> int:
@@ -39,7 +43,7 @@ def test_replicas_for_load(ctx: dict[str, float], want: int) -> None:
 
 def test_capped_reason_says_so() -> None:
     scale, _ = decide(POLICY, scale_context(current=2, in_flight=100, max=5), AutoscalerState())
-    assert scale == ScaleTo(5, "100 in flight+queued / target 1 per replica; capped at max 5")
+    assert scale == ScaleTo(5, "100 in flight+waiting / target 1 per replica; capped at max 5")
 
 
 def test_one_replica_stays_warm_until_idle_for_scale_to_zero_after() -> None:
@@ -54,12 +58,12 @@ def test_one_replica_stays_warm_until_idle_for_scale_to_zero_after() -> None:
             POLICY, scale_context(now=1000.0 + idle, current=1, scale_to_zero_after=300), state
         )
         assert scale.replicas == 1, f"scaled to zero after only {idle}s idle"
-        assert "raised to floor 1" in scale.reason
+        assert "raised to floor 1" in scale.reason, scale.reason
         assert state.last_active == 1000.0
 
     scale, state = decide(POLICY, scale_context(now=1300.0, current=1, scale_to_zero_after=300), state)
     assert scale == ScaleTo(0, "idle for 300s >= scaleToZeroAfter 300s")
-    assert state == AutoscalerState(last_active=1000.0, below_since=None)
+    assert (state.last_active, state.below_since) == (1000.0, None)
     # Once at zero, the status keeps saying why (not a bare "0 in flight" line).
     scale, state = decide(POLICY, scale_context(now=1301.0, current=0, scale_to_zero_after=300), state)
     assert scale == ScaleTo(0, "idle at zero replicas; a request starts one")
@@ -140,22 +144,31 @@ def test_scale_to_zero_is_not_also_delayed_by_scale_down_delay() -> None:
     assert state.below_since is None
 
 
-def test_state_is_frozen_and_round_trips_through_a_dict() -> None:
+def test_state_is_frozen_and_its_durable_part_round_trips_through_a_dict() -> None:
     _, state = decide(POLICY, scale_context(now=5.0, current=4, in_flight=1), AutoscalerState())
-    assert state == AutoscalerState(last_active=5.0, below_since=5.0)
+    assert (state.last_active, state.below_since) == (5.0, 5.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         state.last_active = 1.0  # type: ignore[misc]
-    stored = dataclasses.asdict(state)  # what a runtime persists (SQLite JSON, CRD status)
-    assert stored == {"last_active": 5.0, "below_since": 5.0}
-    restored = AutoscalerState(**stored)
-    assert restored == state
-    # The restored state drives the same decision as the original.
+    stored = state.durable()  # what a runtime persists (SQLite JSON, the Model's status)
+    assert stored == {"last_active": 5.0, "below_since": 5.0, "capacity": None}
+    restored = AutoscalerState.restore(stored)
+    # The restored state drives the same decision as the original (no window here).
     ctx = scale_context(now=40.0, current=4, in_flight=1)
-    assert decide(POLICY, ctx, restored) == decide(POLICY, ctx, state)
+    assert decide(POLICY, ctx, restored)[0] == decide(POLICY, ctx, state)[0]
     assert decide(POLICY, ctx, restored)[0].replicas == 1
 
 
+@pytest.mark.parametrize("stored", [None, {}, {"last_active": "yesterday"}, {"below_since": [1]}])
+def test_an_unreadable_stored_state_starts_fresh(stored: dict[str, object] | None) -> None:
+    assert AutoscalerState.restore(stored) == AutoscalerState()
+
+
 def test_concurrency_recommendation_alone_ignores_bounds() -> None:
-    assert POLICY.recommend(scale_context(in_flight=0)).replicas == 0
-    assert POLICY.recommend(scale_context(in_flight=7, target=2, max=1)).replicas == 4
+    assert POLICY.desired(scale_context(in_flight=0), AutoscalerState()).replicas == 0
+    assert POLICY.desired(scale_context(in_flight=7, target=2, max=1), AutoscalerState()).replicas == 3.5
     assert POLICY.name == "concurrency"
+
+
+def test_a_request_held_at_zero_starts_one_replica_at_once() -> None:
+    scale, _ = decide(POLICY, scale_context(now=0.0, current=0, held=1, target=4), AutoscalerState())
+    assert scale.replicas == 1

@@ -142,7 +142,7 @@ def test_subresources_and_scale() -> None:
         assert ("scale" in version["subresources"]) == (kind == "Model")
     scale = crd("Model")["spec"]["versions"][0]["subresources"]["scale"]
     assert scale == {
-        "specReplicasPath": ".spec.replicas.min",
+        "specReplicasPath": ".spec.replicas.desired",
         "statusReplicasPath": ".status.replicas",
         "labelSelectorPath": ".status.selector",
     }

@@ -253,19 +253,19 @@ async def test_cold_start_holds_the_request_until_an_upstream_is_ready(upstream:
         await asyncio.sleep(0.3)
         assert not pending.done()
         assert discovery.waits == 1
-        assert gw.load.queued["m"] == 1  # what the autoscaler sees while the request waits
+        assert gw.load.held["m"] == 1  # what the autoscaler sees while the request waits
         queued = await (await client.get("/metrics")).text()
-        assert metric(queued, "aiplane_gateway_requests_queued", model="m") == 1
+        assert metric(queued, "aiplane_gateway_requests_held", model="m") == 1
 
         discovery.set_upstreams("m", [up])
         resp = await asyncio.wait_for(pending, timeout=2)
         assert resp.status == 200
         assert (await resp.json())["id"] == "r-0"
         assert 0.3 <= time.monotonic() - started < 2
-        assert gw.load.queued["m"] == 0
+        assert gw.load.held["m"] == 0
         text = await (await client.get("/metrics")).text()
         assert metric(text, "aiplane_gateway_cold_start_waits_total", model="m") == 1
-        assert metric(text, "aiplane_gateway_requests_queued", model="m") == 0
+        assert metric(text, "aiplane_gateway_requests_held", model="m") == 0
 
 
 async def test_no_upstream_within_cold_start_timeout_is_503_with_retry_after() -> None:
@@ -279,7 +279,7 @@ async def test_no_upstream_within_cold_start_timeout_is_503_with_retry_after() -
         message = assert_openai_error(await resp.json(), type_="server_error", code="model_unavailable")
         assert message == "no replica of 'm' became ready within 0.2s"
         assert 0.2 <= elapsed < 1.5
-        assert gw.load.queued["m"] == 0
+        assert gw.load.held["m"] == 0
 
 
 async def test_a_model_that_cannot_start_fails_held_requests_at_once_with_the_reason() -> None:
@@ -296,7 +296,7 @@ async def test_a_model_that_cannot_start_fails_held_requests_at_once_with_the_re
         assert message == "model 'm' cannot start: every replica is in CrashLoopBackOff: exited with code 1"
         assert time.monotonic() - started < 2  # not the 30 s cold-start timeout
         assert "Retry-After" not in resp.headers  # retrying soon will not help
-        assert gw.load.queued["m"] == 0
+        assert gw.load.held["m"] == 0
 
 
 async def test_refused_connection_is_retried_on_a_healthy_upstream(upstream: StartUpstream) -> None:

@@ -110,7 +110,14 @@ def test_each_component_gets_what_it_does() -> None:
     assert allowed(gateway, "discovery.k8s.io", "endpointslices") == READ
     assert allowed(gateway, "", "services") == READ
     assert allowed(gateway, "aiplane.dev", "models") == READ
-    assert all(set(rule["verbs"]) <= READ for rule in gateway)
+    # It writes one thing: a Model's /scale, to start a replica for a request held at zero.
+    assert allowed(gateway, "aiplane.dev", "models/scale") == {"get", "patch"}
+    assert all(set(rule["verbs"]) <= READ for rule in gateway if rule["resources"] != ["models/scale"])
+    assert allowed(operator, "autoscaling", "horizontalpodautoscalers") >= READ | {
+        "create",
+        "patch",
+        "delete",
+    }
 
     for name in ("aiplane-operator-leader-election", "aiplane-scheduler-leader-election"):
         assert allowed(by_name[name], "coordination.k8s.io", "leases") >= {"get", "create", "update"}

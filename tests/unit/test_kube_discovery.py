@@ -155,7 +155,9 @@ def test_route_from_a_listed_model_ignores_server_metadata() -> None:
     assert route.served_name == "meta-llama/Llama-3"
     assert route.owner == "ns/llama"
     assert route.endpoints == CHAT  # TGI serves no embeddings
-    assert route.router.name == "prefix-hash"
+    assert (
+        route.router.name == "chwbl+sessions"
+    )  # prefix-hash is CHWBL's old name; sticky sessions by default
     assert (route.cold_start_timeout, route.request_timeout) == (90.0, 600.0)
     assert route.created == 1735689600.0
 
@@ -164,7 +166,7 @@ def test_route_defaults_served_name_and_takes_endpoints_from_the_engine() -> Non
     route = route_from_body(model_body("minilm", engine="embeddings"), ENGINES)
     assert route.served_name == "minilm"
     assert route.endpoints == EMBED
-    assert route.router.name == "least-load"
+    assert route.router.name == "least-load+sessions"
     assert route.cold_start_timeout == 120.0
 
 
@@ -207,12 +209,19 @@ class FakeKube:
         self.models: list[dict[str, Any]] = []
         self.slices: list[dict[str, Any]] = []
         self.calls: list[tuple[str, str | None, str | None]] = []
+        self.patches: list[tuple[str, str | None, dict[str, Any], str]] = []
 
     async def list(
         self, api_version: str, kind: str, namespace: str | None = None, selector: str | None = None
     ) -> list[dict[str, Any]]:
         self.calls.append((kind, namespace, selector))
         return list(self.models if kind == "Model" else self.slices)
+
+    async def patch_merge(
+        self, api_version: str, kind: str, name: str, namespace: str | None, patch: Any, sub: str = ""
+    ) -> dict[str, Any]:
+        self.patches.append((name, namespace, patch, sub))
+        return {}
 
 
 class Clock:
@@ -363,3 +372,30 @@ async def test_the_poller_keeps_the_last_view_while_the_api_fails() -> None:
                 break
             await asyncio.sleep(0.02)
         assert [u.replica_id for u in discovery.upstreams("m")] == ["p2"]
+
+
+async def test_a_request_held_at_zero_replicas_scales_the_model_to_one_through_scale() -> None:
+    kube = FakeKube()
+    kube.models = [model_body("m", replicas={"min": 0, "max": 3}), model_body("warm", replicas={"min": 1})]
+    skew = [0.0]
+    discovery = KubernetesDiscovery(kube, "ns", clock=lambda: time.monotonic() + skew[0])
+    await discovery.refresh()
+    assert await discovery.wait_for_upstreams("warm", 0.05) == []
+    assert kube.patches == []  # a Model that runs a replica is the autoscaler's, not the gateway's
+    assert await discovery.wait_for_upstreams("m", 0.05) == []
+    assert kube.patches == [("m", "ns", {"spec": {"replicas": 1}}, "scale")]
+    # A second held request does not ask again while the Model's count still reads zero ...
+    assert await discovery.wait_for_upstreams("m", 0.05) == []
+    await discovery.refresh()
+    assert await discovery.wait_for_upstreams("m", 0.05) == []
+    assert len(kube.patches) == 1
+    # ... until WAKE_EVERY_S has passed (the first ask was lost, or the autoscaler undid it).
+    skew[0] += 5.0
+    assert await discovery.wait_for_upstreams("m", 0.05) == []
+    assert len(kube.patches) == 2
+    # A Model whose /scale already asks for one is not patched.
+    kube.models = [model_body("m", replicas={"min": 0, "max": 3, "desired": 1})]
+    await discovery.refresh()
+    skew[0] += 10.0
+    assert await discovery.wait_for_upstreams("m", 0.05) == []
+    assert len(kube.patches) == 2

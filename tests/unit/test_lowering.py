@@ -179,6 +179,72 @@ def test_replicas_default_to_min_and_no_pdb_below_two() -> None:
         lower_model(model, "default", replicas=-1)
 
 
+def test_replicas_follow_scale_within_the_bounds() -> None:
+    def replicas(spec: str) -> int | None:
+        model = one(
+            "kind: Model\nmetadata: {name: m}\n"
+            f"spec: {{engine: llamacpp, source: pkg://p/m.gguf, {spec}}}\n"
+        )
+        return by_kind(lower_model(model, "default"))["Deployment"]["spec"].get("replicas")
+
+    assert replicas("replicas: {min: 0, max: 4}") == 0
+    assert replicas("replicas: {min: 0, max: 4, desired: 3}") == 3  # what the autoscaler wrote to /scale
+    assert replicas("replicas: {min: 1, max: 4, desired: 7}") == 4
+    assert replicas("replicas: {min: 2, max: 4, desired: 0}") == 2
+
+
+def test_a_cpu_model_lowers_to_the_textbook_hpa_and_leaves_replicas_to_it() -> None:
+    model = one(
+        "kind: Model\nmetadata: {name: m}\nspec: {engine: llamacpp, source: pkg://p/m.gguf,"
+        " resources: {cpu: '2'}, replicas: {min: 1, max: 5}, autoscaling: {metric: cpu}}\n"
+    )
+    kinds = by_kind(lower_model(model, "ns"))
+    assert "replicas" not in kinds["Deployment"]["spec"]  # server-side apply would fight the HPA
+    hpa = kinds["HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"] == {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "m"},
+        "minReplicas": 1,
+        "maxReplicas": 5,
+        "metrics": [
+            {
+                "type": "Resource",
+                "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+            }
+        ],
+    }
+    assert (
+        kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+        == "2"
+    )
+    concurrency = one("kind: Model\nmetadata: {name: c}\nspec: {engine: llamacpp, source: pkg://p/m.gguf}\n")
+    assert "HorizontalPodAutoscaler" not in by_kind(lower_model(concurrency, "ns"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("autoscaling: {metric: cpu}", "autoscaling.metric cpu needs resources.cpu"),
+        (
+            "resources: {memory: 1Gi}, replicas: {min: 0}, autoscaling: {metric: memory}",
+            "cannot scale to zero",
+        ),
+        (
+            "autoscaling: {metric: kv-cache, target: 80}",
+            "is a fraction in (0, 1] (got 80); for 70% write 0.7",
+        ),
+    ],
+)
+def test_autoscaling_specs_that_cannot_work_are_rejected_with_the_field(spec: str, message: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        parse_yaml(
+            "kind: Model\nmetadata: {name: m}\n"
+            f"spec: {{engine: llamacpp, source: pkg://p/m.gguf, {spec}}}\n",
+            source="m.yaml",
+        )
+    assert message in str(err.value) and "m.yaml" in str(err.value)
+
+
 def test_fractional_gpu_requests_one_device_and_records_the_share() -> None:
     model = one(
         "kind: Model\nmetadata: {name: half}\nspec: {engine: tgi, source: hf://a/b, resources: {gpus: 0.5}}"

@@ -1,11 +1,22 @@
-"""Rules every autoscaler gets: bounds, scale-to-zero after idleness, scale-down delay.
+"""Rules every autoscaler gets: windows, look-ahead, bounds, scale-down delay, scale-to-zero.
 
-Scale-up is immediate (a held request is waiting). Scale-down waits until the lower
-recommendation has held for ``scale_down_delay``, and the last replica goes only after
-``scale_to_zero_after`` without any load.
+* Windows, after Knative's KPA: a policy's desired replicas are averaged over a stable
+  window (60 s) and a panic window (6 s), and the rules follow the higher of the two. So
+  a burst is answered within seconds (the panic window), and replicas go only once the
+  minute's average, too, has come down, and the lower count has held for
+  ``scale_down_delay``: a lull between bursts does not drop a replica a cold start away
+  from being needed again.
+* Look-ahead (cold-start aware): a replica asked for now serves only after its cold
+  start. When load is rising, the rules scale for the load expected one cold start from
+  now (the stable window's trend), not for the load of now, so the SLO is not blown
+  while the new replica loads.
+* Scale-to-zero only after ``scale_to_zero_after`` without any demand, and a request
+  held at zero replicas starts one at once.
 """
 
 from __future__ import annotations
+
+import math
 
 from aiplane.policies.autoscaling.base import (
     Autoscaler,
@@ -15,42 +26,72 @@ from aiplane.policies.autoscaling.base import (
 )
 
 
+def _ceil(x: float) -> int:
+    return max(0, math.ceil(x - 1e-9))
+
+
+def _slope(samples: tuple[tuple[float, float], ...]) -> float:
+    """Least-squares trend of desired replicas per second over the window."""
+    if len(samples) < 3:
+        return 0.0
+    n = len(samples)
+    mt = sum(t for t, _ in samples) / n
+    mv = sum(v for _, v in samples) / n
+    var = sum((t - mt) ** 2 for t, _ in samples)
+    if var <= 0:
+        return 0.0
+    return sum((t - mt) * (v - mv) for t, v in samples) / var
+
+
 def decide(
     policy: Autoscaler, ctx: AutoscalingContext, state: AutoscalerState
 ) -> tuple[ScaleTo, AutoscalerState]:
     """The replicas to run now, and the state to remember, for one model."""
-    raw = policy.recommend(ctx)
-    busy = ctx.in_flight + ctx.queued > 0
-    last_active = ctx.now if busy else state.last_active
+    cfg, now = ctx.config, ctx.now
+    raw = policy.desired(ctx, state)
+    demand = ctx.signals.demand
+    last_active = now if demand > 0 else state.last_active
     if last_active is None:
-        # Never seen load: count idleness from the first decision.
-        last_active = ctx.now
+        last_active = now  # never seen load: count idleness from the first decision
 
-    wanted, reason = raw.replicas, raw.reason
-    floor = ctx.min_replicas
-    idle_for = ctx.now - last_active
-    if floor == 0 and ctx.current_replicas > 0 and idle_for < ctx.scale_to_zero_after:
-        floor = 1  # keep one warm until idle long enough
-    if wanted < floor:
-        wanted, reason = floor, f"{reason}; raised to floor {floor}"
-    if wanted > ctx.max_replicas:
-        wanted, reason = ctx.max_replicas, f"{reason}; capped at max {ctx.max_replicas}"
-    if ctx.min_replicas == 0 and wanted == 0:
-        reason = (
-            f"idle for {idle_for:.0f}s >= scaleToZeroAfter {ctx.scale_to_zero_after:g}s"
-            if ctx.current_replicas > 0
-            else "idle at zero replicas; a request starts one"
-        )
+    window = (*(s for s in state.window if now - s[0] < cfg.stable_window), (now, raw.replicas))
+    stable = sum(v for _, v in window) / len(window)
+    recent = [v for t, v in window if now - t < cfg.panic_window] or [raw.replicas]
+    panic = sum(recent) / len(recent)
+    up, reason = max(stable, panic), raw.reason
+    if cfg.look_ahead:
+        rise = _slope(window) * (ctx.signals.cold_start or cfg.cold_start)
+        if rise > 0 and _ceil(up + rise) > _ceil(up):
+            up += rise
+            reason = f"{reason}; +{rise:.2f} expected within a cold start"
+    capacity = raw.capacity if raw.capacity is not None else state.capacity
 
-    if wanted >= ctx.current_replicas:
-        return ScaleTo(wanted, reason), AutoscalerState(last_active, None)
+    def remember(below_since: float | None) -> AutoscalerState:
+        return AutoscalerState(last_active, below_since, window, capacity)
 
-    # Scale-down: to zero is governed by scale_to_zero_after alone; otherwise wait.
-    below_since = state.below_since if state.below_since is not None else ctx.now
-    if wanted == 0 or ctx.now - below_since >= ctx.scale_down_delay:
-        return ScaleTo(wanted, reason), AutoscalerState(last_active, None)
-    hold = ScaleTo(
-        ctx.current_replicas,
-        f"holding {ctx.current_replicas} (want {wanted}) for scaleDownDelay {ctx.scale_down_delay:g}s",
-    )
-    return hold, AutoscalerState(last_active, below_since)
+    floor = cfg.min_replicas
+    idle_for = now - last_active
+    if floor == 0 and (demand > 0 or (ctx.current_replicas > 0 and idle_for < cfg.scale_to_zero_after)):
+        floor = 1  # a held request starts one; the last one stays warm until idle long enough
+    if floor == 0 and demand == 0 and idle_for >= cfg.scale_to_zero_after:
+        up = 0.0  # idle that long: the windows' memory of older load no longer counts
+    current = ctx.current_replicas
+    wanted = min(max(_ceil(up), floor), cfg.max_replicas)
+    if _ceil(up) > cfg.max_replicas:
+        reason = f"{reason}; capped at max {cfg.max_replicas}"
+    elif wanted > _ceil(up):
+        reason = f"{reason}; raised to floor {floor}"
+    if wanted == 0 == current:
+        return ScaleTo(0, "idle at zero replicas; a request starts one"), remember(None)
+    if wanted >= current:  # up at once: requests are waiting, or will be within a cold start
+        return ScaleTo(wanted, reason), remember(None)
+    if current > cfg.max_replicas:  # the bound was lowered
+        return ScaleTo(wanted, f"{current} above max {cfg.max_replicas}"), remember(None)
+    if wanted == 0:  # governed by scale_to_zero_after alone
+        why = f"idle for {idle_for:.0f}s >= scaleToZeroAfter {cfg.scale_to_zero_after:g}s"
+        return ScaleTo(0, why), remember(None)
+    below_since = state.below_since if state.below_since is not None else now
+    if now - below_since >= cfg.scale_down_delay:
+        return ScaleTo(wanted, reason), remember(None)
+    hold = ScaleTo(current, f"holding {current} (want {wanted}) for scaleDownDelay {cfg.scale_down_delay:g}s")
+    return hold, remember(below_since)

@@ -1,73 +1,62 @@
-"""Routing strategies: least-load, power-of-two-choices and prefix-hash.
+"""Load-only routers: least-load and power-of-two-choices. Stateless.
 
-Ties are broken by the request's sequence number, so equal replicas share work evenly
-instead of the first one taking everything.
+Load is the gateway's in-flight count plus the engine's own queue when it reports one
+(``load.load_of``). Ties are broken by the request's sequence number, so equal replicas
+share work evenly instead of the first one taking everything.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 from dataclasses import dataclass
 
 from aiplane.policies.routing.base import ReplicaLoad, Route, RouteRequest
+from aiplane.policies.routing.hashing import stable_hash
+from aiplane.policies.routing.load import least_loaded, load_of
 
 
 @dataclass(frozen=True)
 class LeastLoad:
+    """The replica with the fewest requests (in flight + engine queue); ties rotate on ``seq``."""
+
     name: str = "least-load"
 
-    def choose(self, replicas: list[ReplicaLoad], request: RouteRequest) -> Route | None:
+    def new_state(self) -> None:
+        return None
+
+    def choose(self, replicas: list[ReplicaLoad], request: RouteRequest, state: object) -> Route | None:
         if not replicas:
             return None
-        least = min(r.in_flight for r in replicas)
-        tied = [r for r in replicas if r.in_flight == least]
-        best = tied[request.seq % len(tied)]  # rotate among the tied only: an even share
-        return Route(best.replica_id, f"least in flight ({best.in_flight})")
+        best = least_loaded(replicas, request.seq)
+        return Route(best.replica_id, f"least load: {load_of(best):g}")
 
-
-def _hash(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+    def forget(self, replica_id: str, state: object) -> None:
+        return None
 
 
 @dataclass(frozen=True)
 class PowerOfTwo:
-    """Two candidates picked by hashing the sequence number; the less loaded wins."""
+    """Two distinct candidates drawn by hashing ``seq``; the less loaded wins (the first on a tie).
+
+    Mitzenmacher's power of two choices: near least-load's balance from two looks, and no
+    herd onto one replica when every gateway's load view is equally stale.
+    """
 
     name: str = "power-of-two"
 
-    def choose(self, replicas: list[ReplicaLoad], request: RouteRequest) -> Route | None:
+    def new_state(self) -> None:
+        return None
+
+    def choose(self, replicas: list[ReplicaLoad], request: RouteRequest, state: object) -> Route | None:
         if not replicas:
             return None
         n = len(replicas)
-        h = _hash(f"p2c:{request.seq}")
+        h = stable_hash(f"p2c:{request.seq}")
         a = replicas[h % n]
         b = replicas[(h // n) % n] if n > 1 else a
         if b.replica_id == a.replica_id and n > 1:
             b = replicas[(h % n + 1) % n]
-        best = a if a.in_flight <= b.in_flight else b
-        return Route(best.replica_id, f"power of two: {a.in_flight} vs {b.in_flight}")
+        best = a if load_of(a) <= load_of(b) else b
+        return Route(best.replica_id, f"power of two: {load_of(a):g} vs {load_of(b):g}")
 
-
-@dataclass(frozen=True)
-class PrefixHash:
-    """Rendezvous hashing on the prompt prefix, so one prefix reuses one replica's KV cache.
-
-    Bounded load: a replica more than ``load_factor`` times the mean in-flight is skipped
-    (consistent hashing with bounded loads), so a hot prefix cannot swamp one replica.
-    """
-
-    name: str = "prefix-hash"
-    load_factor: float = 1.25
-
-    def choose(self, replicas: list[ReplicaLoad], request: RouteRequest) -> Route | None:
-        if not replicas:
-            return None
-        ranked = sorted(replicas, key=lambda r: _hash(f"{r.replica_id}|{request.prefix}"))
-        total = sum(r.in_flight for r in replicas) + 1
-        bound = max(1, math.ceil(self.load_factor * total / len(replicas)))
-        for replica in ranked:
-            if replica.in_flight + 1 <= bound:
-                return Route(replica.replica_id, "prefix owner within load bound")
-        best = min(ranked, key=lambda r: r.in_flight)
-        return Route(best.replica_id, "all owners over load bound; least loaded")
+    def forget(self, replica_id: str, state: object) -> None:
+        return None

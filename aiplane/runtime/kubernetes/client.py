@@ -41,6 +41,9 @@ KIND_TABLE: dict[tuple[str, str], KindInfo] = {
     ("batch/v1", "Job"): KindInfo("/apis/batch/v1", "jobs", True),
     ("batch/v1", "CronJob"): KindInfo("/apis/batch/v1", "cronjobs", True),
     ("policy/v1", "PodDisruptionBudget"): KindInfo("/apis/policy/v1", "poddisruptionbudgets", True),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): KindInfo(
+        "/apis/autoscaling/v2", "horizontalpodautoscalers", True
+    ),
     ("discovery.k8s.io/v1", "EndpointSlice"): KindInfo("/apis/discovery.k8s.io/v1", "endpointslices", True),
     ("aiplane.dev/v1alpha1", "Model"): KindInfo("/apis/aiplane.dev/v1alpha1", "models", True),
     ("aiplane.dev/v1alpha1", "TrainingJob"): KindInfo("/apis/aiplane.dev/v1alpha1", "trainingjobs", True),

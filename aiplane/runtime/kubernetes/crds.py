@@ -36,11 +36,10 @@ the printer columns read these fields of it:
 * all: ``conditions`` and ``observedGeneration`` per the API conventions.
 
 The scale subresource of Model maps ``/scale`` ``spec.replicas`` to
-``.spec.replicas.min``: Kubernetes only allows a path under ``.spec`` there, and the
-API has no separate "desired" field. So ``kubectl scale`` (or an external HPA/KEDA)
-sets the *floor*; aiplane's autoscaler may run more, up to ``max``, and never fewer.
-It writes its own decisions to the Deployment, not through ``/scale``, so the
-user's ``min`` is never overwritten by the autoscaler.
+``.spec.replicas.desired``: aiplane's autoscaler writes its decisions there, as do
+``kubectl scale`` and the gateway scaling a Model up from zero, and the lowering reads
+it (clamped to ``min``/``max``), so a resync never overwrites a decision and the
+user's bounds are never touched.
 """
 
 from __future__ import annotations
@@ -168,7 +167,7 @@ _DESCRIPTIONS = {
 
 _SCALE: dict[str, Schema] = {
     "Model": {
-        "specReplicasPath": ".spec.replicas.min",
+        "specReplicasPath": ".spec.replicas.desired",
         "statusReplicasPath": ".status.replicas",
         "labelSelectorPath": ".status.selector",
     }

@@ -29,11 +29,11 @@ names) with the same served name: the one created first gets the name, on every
 gateway replica alike; the other is not routed to and a warning is logged once.
 
 **Cold starts.** :meth:`wait_for_upstreams` waits for the next refresh that brings a
-ready pod, and counts the waiter in :meth:`demand` (the gateway's own
-``aiplane_gateway_requests_queued`` gauge reports the same). Scale-from-zero on
-Kubernetes -- the operator acting on that demand -- is a later issue: for now a Model
-at zero replicas gets a 503 with ``Retry-After`` after its ``coldStart`` timeout unless
-something else scales it up.
+ready pod, and counts the waiter in :meth:`demand` (the gateway's
+``aiplane_gateway_requests_held`` gauge reports the same, for the operator's
+autoscaler). A Model at zero replicas is scaled to one through its ``/scale`` at once
+(``_scale_from_zero``), so nothing waits for the autoscaler's next look; a request
+still without a replica after its ``coldStart`` timeout gets 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from aiplane.runtime.kubernetes.routes import (
     ModelKey,
     elect,
     key_of,
+    replica_count,
     route_from_body,
     upstreams_by_model,
 )
@@ -73,14 +74,19 @@ SUSPECT_FOR_S = 5.0
 REFRESH_TIMEOUT_S = 10.0  # a hung LIST must not freeze the view forever
 MAX_BACKOFF_S = 10.0
 WAIT_SLICE_S = 1.0  # a waiter re-checks at least this often (suspects expire between refreshes)
+WAKE_EVERY_S = 5.0  # a held request asks /scale again if the last ask did not take
 
 
 class Lister(Protocol):
-    """The one client call discovery makes; :class:`~aiplane.runtime.kubernetes.client.Kube` has it."""
+    """The client calls discovery makes; :class:`~aiplane.runtime.kubernetes.client.Kube` has them."""
 
     async def list(
         self, api_version: str, kind: str, namespace: str | None = None, selector: str | None = None
     ) -> list[Manifest]: ...
+
+    async def patch_merge(
+        self, api_version: str, kind: str, name: str, namespace: str | None, patch: Manifest, sub: str = ""
+    ) -> Manifest: ...
 
 
 class KubernetesDiscovery:
@@ -107,6 +113,8 @@ class KubernetesDiscovery:
         self._parsed: dict[tuple[str, str], ModelRoute | None] = {}  # (uid, generation) -> route
         self._conflicts: set[str] = set()
         self._waiting: Counter[str] = Counter()
+        self._replicas: dict[ModelKey, int] = {}  # each Model's spec.replicas.count()
+        self._woken: dict[ModelKey, float] = {}  # when this gateway last scaled it from zero
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -129,6 +137,7 @@ class KubernetesDiscovery:
         self._waiting[served_name] += 1
         try:
             while not (ready := self.upstreams(served_name)):
+                await self._scale_from_zero(served_name)
                 remaining = deadline - self._clock()
                 if remaining <= 0 or self.lookup(served_name) is None:  # a deleted Model stops the wait
                     return []
@@ -159,6 +168,28 @@ class KubernetesDiscovery:
         waits out its cold-start timeout (the Model's status shows why)."""
         return None
 
+    async def _scale_from_zero(self, served_name: str) -> None:
+        """A request is held for a Model that runs no replica: ask its ``/scale`` for one,
+        as KubeAI's proxy does, so the cold start begins now rather than at the
+        autoscaler's next look. At most once per ``WAKE_EVERY_S`` per Model; the
+        autoscaler sees the held request and keeps the replica."""
+        owner = self._owners.get(served_name)
+        if owner is None or self._replicas.get(owner, 1) > 0:
+            return
+        now = self._clock()
+        if now - self._woken.get(owner, -WAKE_EVERY_S) < WAKE_EVERY_S:
+            return
+        self._woken[owner] = now
+        try:
+            await self._kube.patch_merge(
+                API, "Model", owner.name, owner.namespace, {"spec": {"replicas": 1}}, "scale"
+            )
+        except (AiplaneError, aiohttp.ClientError, OSError) as exc:
+            log.warning("cannot scale %s from zero for a held request: %s", owner, exc)
+            return
+        log.info("scaled %s from zero: a request for %s is held", owner, served_name)
+        self._replicas[owner] = 1
+
     # -- what the Kubernetes gateway adds -------------------------------------------
     def demand(self) -> dict[str, int]:
         """Requests waiting for a first ready replica, by served name (for scale-from-zero)."""
@@ -177,6 +208,7 @@ class KubernetesDiscovery:
             log.warning("%s", conflict)
         self._conflicts = set(elected.conflicts)
         self._routes, self._owners = elected.routes, elected.owners
+        self._replicas = {key_of(m): replica_count(m) for m in models}
         self._ready = upstreams_by_model(slices)
         now = self._clock()
         self._suspects = {u: until for u, until in self._suspects.items() if until > now}

@@ -78,7 +78,7 @@ class Component:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def components(image: str) -> list[Component]:
+def components(image: str, namespace: str = "aiplane-system") -> list[Component]:
     """``aiplane operator --liveness URL`` is kopf's liveness endpoint; the scheduler and
     gateway flags are the contract their commands must accept (change them here if not)."""
     return [
@@ -91,7 +91,11 @@ def components(image: str) -> list[Component]:
             1,
             {"cpu": "100m", "memory": "256Mi"},
             "512Mi",
-            {"AIPLANE_IMAGE": image},  # what preload init containers and batch shards run
+            {
+                "AIPLANE_IMAGE": image,  # what preload init containers and batch shards run
+                # the autoscaler sums the gateway pods' /metrics (held, in-flight, TTFT)
+                "AIPLANE_GATEWAY_PODS": f"{namespace}/{LABEL_NAME}=aiplane-gateway",
+            },
         ),
         Component(
             "scheduler",
@@ -143,6 +147,7 @@ def _rules() -> dict[str, list[Manifest]]:
             _rule("apps", ["deployments"], READ + WRITE),
             _rule("", ["services", "persistentvolumeclaims"], READ + WRITE),
             _rule("policy", ["poddisruptionbudgets"], READ + WRITE),
+            _rule("autoscaling", ["horizontalpodautoscalers"], READ + WRITE),
             _rule("batch", ["jobs", "cronjobs"], READ + WRITE),
             _rule(GROUP, JOBS, [*READ, "update", "patch"]),
             _rule(GROUP, [f"{r}/status" for r in JOBS], ["get", "update", "patch"]),
@@ -164,6 +169,8 @@ def _rules() -> dict[str, list[Manifest]]:
         ],
         "gateway": [
             _rule(GROUP, ["models"], READ),
+            # a request held for a Model at zero replicas scales it to one (KubeAI does the same)
+            _rule(GROUP, ["models/scale"], ["get", "patch"]),
             _rule("", ["services"], READ),
             _rule("discovery.k8s.io", ["endpointslices"], READ),
         ],
@@ -371,5 +378,7 @@ def install_manifests(
             },
         },
     }
-    deployments = [_deployment(c, namespace, image, gateway_keys_secret) for c in components(image)]
+    deployments = [
+        _deployment(c, namespace, image, gateway_keys_secret) for c in components(image, namespace)
+    ]
     return [*all_crds(), namespace_obj, *rbac(namespace), *deployments, *_gateway_service(namespace)]

@@ -19,7 +19,7 @@ API = API_VERSION  # of every aiplane custom resource
 # What the operator creates for each kind, and so may prune: (apiVersion, kind).
 OWNED_KINDS = {
     "Model": [("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget"),
-              ("v1", "PersistentVolumeClaim")],
+              ("v1", "PersistentVolumeClaim"), ("autoscaling/v2", "HorizontalPodAutoscaler")],
     "TrainingJob": [("batch/v1", "Job"), ("batch/v1", "CronJob"), ("v1", "Service"),
                     ("v1", "PersistentVolumeClaim")],
     "BatchJob": [("batch/v1", "Job"), ("v1", "PersistentVolumeClaim")],

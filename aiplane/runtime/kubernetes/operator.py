@@ -21,6 +21,7 @@ import kopf
 from aiplane.api import GROUP, VERSION, BatchJob, Model, TrainingJob
 from aiplane.errors import AiplaneError, KubernetesError, ValidationError
 from aiplane.runtime.kubernetes import reconcile
+from aiplane.runtime.kubernetes.autoscaler import ModelAutoscaler
 from aiplane.runtime.kubernetes.client import Kube
 from aiplane.runtime.kubernetes.lowering import DEFAULT_OPTIONS, LoweringOptions, selector_string
 from aiplane.runtime.kubernetes.objects import admission_of, from_body, is_admitted, utc_now
@@ -29,6 +30,7 @@ from aiplane.runtime.kubernetes.status import job_status, model_status, replicas
 KOPF_PREFIX = f"kopf.{GROUP}"  # kopf's bookkeeping annotations; never passed on to pods
 STATUS_SECONDS = 2.0
 RESYNC_SECONDS = 30.0
+AUTOSCALE_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
         memo["stack"] = stack
         memo["kube"] = await stack.enter_async_context(Kube.connect(kubeconfig))
         memo["options"] = options_from_env()
+        memo["autoscaler"] = await stack.enter_async_context(ModelAutoscaler.connect(memo["kube"]))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
@@ -130,6 +133,18 @@ def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
         old = body.get("status") or {}
         new = model_status(meta.get("generation", 0), deployment, selector, old, utc_now(), pods)
         _patch_status(patch, old, new)
+
+    @kopf.timer(GROUP, VERSION, "models", interval=AUTOSCALE_SECONDS, registry=registry)
+    async def model_autoscale(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        autoscaler: ModelAutoscaler = memo["autoscaler"]
+        status = await autoscaler.tick(body)
+        if status is not None and status != (body.get("status") or {}).get("autoscaler"):
+            patch.status["autoscaler"] = status
+
+    @kopf.on.delete(GROUP, VERSION, "models", registry=registry, optional=True)
+    async def model_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        autoscaler: ModelAutoscaler = memo["autoscaler"]
+        autoscaler.forget(body)
 
     @kopf.timer(
         GROUP, VERSION, "models", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, registry=registry

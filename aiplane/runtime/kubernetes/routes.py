@@ -166,3 +166,12 @@ def group_slices(slices: Iterable[Body]) -> dict[ModelKey, list[Body]]:
 
 def upstreams_by_model(slices: Iterable[Body]) -> dict[ModelKey, list[Upstream]]:
     return {key: slice_upstreams(group) for key, group in group_slices(slices).items()}
+
+
+def replica_count(body: Body) -> int:
+    """The replicas a Model body asks for: ``spec.replicas.desired`` within its bounds,
+    else ``min`` (read from the raw body: a Model the API rejects still has a count)."""
+    replicas = (body.get("spec") or {}).get("replicas") or {}
+    low, high = int(replicas.get("min", 1)), int(replicas.get("max", max(1, int(replicas.get("min", 1)))))
+    desired = replicas.get("desired")
+    return low if desired is None else min(max(int(desired), low), high)

@@ -15,27 +15,24 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
-from aiplane.api import Model, parse_duration
+from aiplane.api import Model
 from aiplane.engines import EngineRegistry, LocalLaunch, resolve_local
 from aiplane.errors import AiplaneError
 from aiplane.gateway.load import LoadTracker
-from aiplane.policies.autoscaling import (
-    AutoscalerState,
-    AutoscalingContext,
-    ConcurrencyAutoscaler,
-    decide,
-)
+from aiplane.policies.autoscaling import AutoscalerState, AutoscalingContext, autoscaler_for, decide
 from aiplane.policies.scheduling import Gpu
 from aiplane.runtime.local.cycle import Wait, place_replica
 from aiplane.runtime.local.discovery import LocalDiscovery
 from aiplane.runtime.local.gpus import visible_devices_env
 from aiplane.runtime.local.jobs import JobRunner
 from aiplane.runtime.local.process import alive, cmdline, free_port, kill_group, probe
+from aiplane.runtime.local.signals import LocalSignals
 from aiplane.runtime.local.store import ModelStatusRow, ReplicaRow, Store
 from aiplane.runtime.local.supervisor import Replica, State, Supervisor
+from aiplane.runtime.model_route import autoscaling_config
 
 log = logging.getLogger(__name__)
 DRAIN_TIMEOUT = 30.0
@@ -65,7 +62,7 @@ class LocalController:
         self._seen: dict[str, State] = {}
         self._shares: dict[str, float] = {}
         self._written: dict[str, tuple[object, ...]] = {}
-        self.autoscaler = ConcurrencyAutoscaler()
+        self.signals = LocalSignals(load, self.supervisor, engines)
         self.jobs = JobRunner(store, gpus, logs / "jobs", self.event, host)
 
     # -- events and observed state -------------------------------------------------
@@ -89,6 +86,8 @@ class LocalController:
         if self._seen.get(replica.id) == replica.state:
             return  # same state, new detail (pid, restarts): stored, not evented
         recovered = self._seen.get(replica.id) is State.UNHEALTHY and replica.state is State.READY
+        if replica.state is State.READY and not recovered:
+            self.signals.replica_ready(replica)
         self._seen[replica.id] = replica.state
         if replica.state is State.STOPPED:
             self._seen.pop(replica.id, None)
@@ -150,19 +149,26 @@ class LocalController:
 
     # -- the loop ------------------------------------------------------------------
     async def run(self) -> None:
-        while True:
-            try:
-                await self.reconcile(time.time())
-            except Exception:  # keep the loop alive; the failure is logged and evented
-                log.exception("reconcile failed")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.tick_seconds):
-                    await self.discovery.demand.wait()
-            self.discovery.demand.clear()
+        scraping = asyncio.create_task(self.signals.run(), name="engine-metrics")
+        try:
+            while True:
+                try:
+                    await self.reconcile(time.time())
+                except Exception:  # keep the loop alive; the failure is logged and evented
+                    log.exception("reconcile failed")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.tick_seconds):
+                        await self.discovery.demand.wait()
+                self.discovery.demand.clear()
+        finally:
+            scraping.cancel()
 
     async def reconcile(self, now: float) -> None:
         stored = [s for s in self.store.resources("Model") if isinstance(s.resource, Model)]
         self.discovery.set_models([(s.resource, s.created) for s in stored])  # type: ignore[misc]
+        self.signals.set_models(
+            {s.resource.name: (s.resource.served_name, s.resource.spec.engine) for s in stored}  # type: ignore[union-attr]
+        )
         self._shares = {
             s.resource.name: min(s.resource.spec.resources.gpus, 1.0)  # type: ignore[union-attr]
             for s in stored
@@ -197,28 +203,22 @@ class LocalController:
         mine = [r for r in self.supervisor.replicas.values() if r.model == model.name]
         current = [r for r in mine if r.generation == generation and r.id not in self._draining]
         old = [r for r in mine if r.generation != generation and r.id not in self._draining]
-        spec = model.spec
-        route = self.discovery.lookup(model.served_name)
-        served = route.served_name if route else model.name
         state = self._states.get(model.name) or self._load_state(model.name)
         ctx = AutoscalingContext(
             now=now,
             current_replicas=len(current),
-            in_flight=self.load.in_flight.get(served, 0),
-            queued=self.load.queued.get(served, 0),
-            target=spec.autoscaling.target,
-            min_replicas=spec.replicas.min,
-            max_replicas=spec.replicas.max,
-            scale_to_zero_after=parse_duration(spec.autoscaling.scale_to_zero_after),
-            scale_down_delay=parse_duration(spec.autoscaling.scale_down_delay),
+            signals=self.signals.read(model.name, now),
+            config=autoscaling_config(model, self.engines),
+            ready_replicas=sum(1 for r in current if r.routable),
         )
-        decision, new_state = decide(self.autoscaler, ctx, state)
+        decision, new_state = decide(autoscaler_for(model.spec.autoscaling.metric), ctx, state)
         self._states[model.name] = new_state
         reason = decision.reason
         if decision.replicas > len(current):
             reason = self._scale_up(model, generation, decision.replicas - len(current)) or reason
         elif decision.replicas < len(current):
             victims = sorted(current, key=lambda r: (r.routable, self.load.replica_load(r.id)))
+            # Drain: out of routing now, stopped once its requests (streams too) finish.
             for replica in victims[: len(current) - decision.replicas]:
                 self._draining[replica.id] = now
                 self.event(model.ref, "ScaleDown", f"{replica.id}: {decision.reason}")
@@ -237,11 +237,12 @@ class LocalController:
         self._last_reason[model.name] = reason
         self.discovery.set_unavailable(model.name, self._cannot_start(reason, current))
         # Written when it changes, not every 250 ms tick.
-        key = (decision.replicas, ready_current, reason, new_state)
+        durable = new_state.durable()
+        key = (decision.replicas, ready_current, reason, tuple(durable.values()))
         if self._written.get(model.name) != key:
             self._written[model.name] = key
             self.store.set_status(
-                ModelStatusRow(model.name, decision.replicas, ready_current, reason, asdict(new_state), now)
+                ModelStatusRow(model.name, decision.replicas, ready_current, reason, durable, now)
             )
 
     @staticmethod
@@ -255,10 +256,7 @@ class LocalController:
 
     def _load_state(self, name: str) -> AutoscalerState:
         row = self.store.statuses().get(name)
-        if row and row.autoscaler:
-            with contextlib.suppress(TypeError):
-                return AutoscalerState(**row.autoscaler)
-        return AutoscalerState()
+        return AutoscalerState.restore(row.autoscaler if row else None)
 
     def _scale_up(self, model: Model, generation: int, count: int) -> str | None:
         resources = model.spec.resources

@@ -8,8 +8,11 @@ Decisions, and why:
   and would strand the other half), and serving and training are placed against the same
   fragmentation-aware policy. Replicas take no queue quota and are never preempted;
   the scheduler runs two replicas under a Lease so a scale-up never waits on one.
-* **Replicas come from the caller.** The operator's autoscaler decides how many;
-  lowering only describes them (``replicas`` defaults to ``spec.replicas.min``).
+* **Replicas come from ``/scale``.** The operator's autoscaler writes
+  ``spec.replicas.desired`` through the Model's scale subresource; lowering only
+  describes it, clamped to ``min``/``max`` (``spec.replicas.count()``). A ``cpu`` or
+  ``memory`` Model gets a real ``autoscaling/v2`` HorizontalPodAutoscaler instead, and
+  its Deployment leaves ``replicas`` to the HPA (server-side apply would fight it).
 * **Probes for slow loads.** The startup probe allows 30 minutes for GPU engines (a
   70B model from a cold cache) and 10 for CPU ones; liveness starts only after it.
   ``progressDeadlineSeconds`` exceeds the startup budget so a slow load is not reported
@@ -359,7 +362,7 @@ def lower_model(
     engines: EngineRegistry | None = None,
 ) -> list[Manifest]:
     """The native objects for one Model, in creation order (the PVC before the pods that mount it)."""
-    count = model.spec.replicas.min if replicas is None else replicas
+    count = model.spec.replicas.count() if replicas is None else replicas
     if count < 0:
         raise ValueError(f"replicas must be >= 0 (got {count})")
     storage = _storage(model, namespace, owner, options)
@@ -367,11 +370,40 @@ def lower_model(
     gpu = gpu_placement(
         model, model.spec.resources.gpus, model.spec.resources.gpu_model, "spec.resources.gpuModel"
     )
-    objects = [
-        *storage.claims,
-        _service(model, namespace, owner),
-        _deployment(model, namespace, owner, count, launch, storage, gpu, options),
-    ]
+    deployment = _deployment(model, namespace, owner, count, launch, storage, gpu, options)
+    objects = [*storage.claims, _service(model, namespace, owner), deployment]
+    if model.spec.autoscaling.metric in ("cpu", "memory"):
+        del deployment["spec"]["replicas"]  # the HPA's to set
+        objects.append(_hpa(model, namespace, owner))
     if model.spec.replicas.min >= 2:
         objects.append(_pdb(model, namespace, owner))
     return objects
+
+
+def _hpa(model: Model, namespace: str, owner: OwnerRef | None) -> Manifest:
+    """The textbook HorizontalPodAutoscaler: average utilization of the requested CPU (or
+    memory) at ``target`` (70% by default), between ``min`` (at least 1) and ``max``."""
+    spec = model.spec
+    metric = spec.autoscaling.metric
+    target = spec.autoscaling.target_for(None)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(
+            model.name, namespace, labels(model, APP, COMPONENT, **{LABEL_MODEL: model.name}), owner
+        ),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": model.name},
+            "minReplicas": max(1, spec.replicas.min),
+            "maxReplicas": spec.replicas.max,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": metric,
+                        "target": {"type": "Utilization", "averageUtilization": round(target * 100)},
+                    },
+                }
+            ],
+        },
+    }

@@ -1,0 +1,112 @@
+"""Local autoscaling with the real gateway, llama-server and SmolLM2: 1 -> N under load
+and back, streams that outlive a scale-down, and every ``autoscaling.metric``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.e2e.conftest import write
+from tests.e2e.plane import Plane, model_yaml
+
+pytestmark = pytest.mark.e2e
+
+
+def stream_all(plane: Plane, model: str, n: int, max_tokens: int) -> list[tuple[str, str | None]]:
+    """``n`` concurrent streams with the official client: (text, finish_reason) each."""
+    out: list[tuple[str, str | None]] = [("", None)] * n
+    client = openai.OpenAI(base_url=plane.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def one(i: int) -> None:
+        text, finish = "", None
+        for chunk in client.chat.completions.create(
+            model=model, stream=True, max_tokens=max_tokens,
+            messages=[{"role": "user", "content": f"Write a long story about the number {i}."}],
+        ):  # fmt: skip
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                finish = chunk.choices[0].finish_reason or finish
+        out[i] = (text, finish)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    return out
+
+
+def test_load_scales_one_to_three_and_back_and_every_stream_completes(tmp_path: Path) -> None:
+    spec = model_yaml(
+        "elastic", min_replicas=1, max_replicas=3, target=1, stable_window="4s", scale_down_delay="1s"
+    )
+    plane = Plane(tmp_path, [write(tmp_path, "elastic.yaml", spec)]).start()
+    try:
+        plane.wait_replicas("elastic", 1)
+        peak = [0]
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], sum(1 for r in plane.replicas("elastic") if r.state == "Ready"))
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        results = stream_all(plane, "elastic", 6, max_tokens=160)
+        done.set()
+        watcher.join()
+        # 6 requests for a target of 1 each, capped at max 3; none dropped, every stream whole.
+        assert peak[0] == 3
+        assert all(text and finish in ("stop", "length") for text, finish in results), results
+        # Idle: back to min once the 4 s stable window forgets the load and 1 s has held.
+        plane.wait_replicas("elastic", 1, timeout=30)
+        events = [reason for _, _, reason, _ in plane.store.events("Model/elastic")]
+        assert events.count("ScaleDown") == 2
+    finally:
+        plane.stop()
+
+
+METRICS = {
+    # the policy each metric selects, as its reason on the Model's status shows
+    "queue-depth": "waiting / (4 slots + 2 queued)",
+    "kv-cache": "no KV-cache signal",  # llama-server exports no KV gauge: concurrency stands in
+    "latency": "per replica (",
+    "cpu": "cpu ",
+}
+
+
+def test_every_metric_selects_its_policy_fed_by_real_signals(tmp_path: Path) -> None:
+    files = []
+    for metric in METRICS:
+        target = {"queue-depth": 2, "kv-cache": 0.8, "latency": 2.0, "cpu": 0.7}[metric]
+        extra = "  resources: {cpu: '1'}\n" if metric == "cpu" else ""
+        spec = model_yaml(metric, min_replicas=1, max_replicas=2, target=target, metric=metric, extra=extra)
+        files.append(write(tmp_path, f"{metric}.yaml", spec))
+    plane = Plane(tmp_path, files).start()
+    try:
+        for metric in METRICS:
+            plane.wait_replicas(metric, 1, timeout=90)
+        client = openai.OpenAI(base_url=plane.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        for metric in METRICS:
+            reply = client.chat.completions.create(
+                model=metric, max_tokens=8, messages=[{"role": "user", "content": "Say hi"}]
+            )
+            assert reply.choices[0].message.content
+        deadline = time.monotonic() + 20
+        reasons: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            reasons = {name: row.reason for name, row in plane.store.statuses().items()}
+            if all(want in reasons.get(metric, "") for metric, want in METRICS.items()):
+                break
+            time.sleep(0.25)
+        for metric, want in METRICS.items():
+            assert want in reasons.get(metric, ""), (metric, reasons.get(metric))
+        # The latency policy saw a real p95 TTFT; the cpu policy a real CPU reading.
+        assert "%" in reasons["cpu"] and "no cpu signal" not in reasons["cpu"]
+    finally:
+        plane.stop()

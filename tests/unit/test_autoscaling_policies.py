@@ -1,0 +1,173 @@
+"""The metrics' policies, the windows, and look-ahead over the cold start."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from builders import scale_context
+
+from aiplane.policies.autoscaling import (
+    METRICS,
+    AutoscalerState,
+    Latency,
+    autoscaler_for,
+    decide,
+)
+
+
+def desired(metric: str, state: AutoscalerState = AutoscalerState(), **ctx: object) -> float:
+    return autoscaler_for(metric).desired(scale_context(metric=metric, **ctx), state).replicas  # type: ignore[arg-type]
+
+
+def test_every_metric_of_the_api_has_a_policy_and_an_unknown_one_is_named() -> None:
+    from aiplane.api.model import DEFAULT_TARGETS
+
+    assert set(METRICS) == set(DEFAULT_TARGETS)
+    assert {autoscaler_for(m).name for m in METRICS} == set(METRICS)
+    with pytest.raises(
+        ValueError, match=r"unknown autoscaling metric 'rps' \(known: concurrency, queue-depth"
+    ):
+        autoscaler_for("rps")
+
+
+@pytest.mark.parametrize(
+    ("ctx", "want"),
+    [
+        # 4 slots + 5 waiting per replica: 12 running and 6 waiting want 18 / 9 = 2 replicas.
+        (
+            {"current": 3, "engine_running": 12, "engine_waiting": 6, "replica_concurrency": 4, "target": 5},
+            2.0,
+        ),
+        # The gateway's own queue counts as waiting, with the engine's.
+        ({"current": 1, "in_flight": 4, "queued": 9, "replica_concurrency": 4, "target": 5}, 13 / 9),
+        # No slots known (vLLM batches inside): the running count per ready replica is one's share.
+        ({"current": 2, "engine_running": 40, "engine_waiting": 30, "target": 5}, 70 / 25),
+    ],
+)
+def test_queue_depth_keeps_waiting_requests_per_replica_at_target(ctx: dict[str, float], want: float) -> None:
+    assert desired("queue-depth", **ctx) == pytest.approx(want)
+
+
+def test_kv_cache_is_proportional_and_adds_a_replica_while_requests_wait() -> None:
+    assert desired("kv-cache", current=2, target=0.8, kv_cache=0.6) == pytest.approx(1.5)
+    assert desired("kv-cache", current=2, target=0.8, kv_cache=0.4) == pytest.approx(1.0)
+    # Full caches queue requests: at least one more replica, whatever the ratio says.
+    assert desired("kv-cache", current=2, target=0.8, kv_cache=0.5, engine_waiting=3) == pytest.approx(3.0)
+
+
+def test_kv_cache_without_the_signal_falls_back_to_concurrency_and_says_so() -> None:
+    policy = autoscaler_for("kv-cache")
+    ctx = scale_context(metric="kv-cache", current=1, in_flight=6, replica_concurrency=4, target=0.75)
+    got = policy.desired(ctx, AutoscalerState())
+    assert got.replicas == pytest.approx(2.0)  # 6 / (4 slots x 0.75)
+    assert got.reason.startswith("no KV-cache signal")
+
+
+def test_cpu_is_the_textbook_proportional_rule_and_holds_without_a_signal() -> None:
+    assert desired("cpu", current=2, target=0.7, cpu_utilization=1.05) == pytest.approx(3.0)
+    assert desired("cpu", current=3, target=0.7) == 3.0
+
+
+def test_latency_learns_the_capacity_that_keeps_p95_ttft_under_the_slo() -> None:
+    """A closed loop against a toy replica whose p95 TTFT is 0.5 s per request it holds
+    beyond 2: the SLO of 2 s holds up to 6 requests per replica. Starting from 4 slots,
+    the policy must settle where p95 is under the SLO and replicas are not idle."""
+    policy, state = Latency(), AutoscalerState()
+    load, replicas = 60.0, 10
+    for step in range(200):
+        per_replica = load / replicas
+        p95 = 0.5 * max(0.0, per_replica - 2.0)
+        ctx = scale_context(
+            metric="latency", now=float(step), current=replicas, in_flight=load, target=2.0, max=100,
+            stable_window=0.0, ttft_p95=p95,
+        )  # fmt: skip
+        scale, state = decide(policy, ctx, state)
+        replicas = scale.replicas
+    assert state.capacity is not None
+    assert 0.5 * max(0.0, load / replicas - 2.0) <= 2.0  # the SLO holds
+    assert replicas <= 12  # and no more replicas than 5 requests each need (it started at 15)
+    assert replicas == math.ceil(load / state.capacity - 1e-9)
+
+
+def test_latency_lowers_capacity_at_once_when_the_slo_breaks() -> None:
+    got = Latency().desired(
+        scale_context(metric="latency", current=2, in_flight=16, target=2.0, ttft_p95=3.0),
+        AutoscalerState(capacity=10.0),
+    )
+    assert got.capacity == pytest.approx(0.9 * 8)
+    assert got.replicas == pytest.approx(16 / 7.2)
+
+
+def test_a_burst_is_answered_by_the_panic_window_and_replicas_go_as_the_windows_forget_it() -> None:
+    """KPA's windows: 1 replica of load for a minute, then a 6x burst for 3 s."""
+    policy, state = autoscaler_for("concurrency"), AutoscalerState()
+    ctx = {"target": 1.0, "stable_window": 60.0, "panic_window": 6.0, "scale_down_delay": 0.0, "min": 1}
+    trace = [1.0] * 60 + [6.0] * 3 + [1.0] * 70
+    seen, current = [], 1
+    for t, load in enumerate(trace):
+        scale, state = decide(policy, scale_context(now=t, current=current, in_flight=load, **ctx), state)
+        current = scale.replicas
+        seen.append(current)
+    assert seen[:60] == [1] * 60
+    # t=60: the panic mean (5 x 1 + 6) / 6 = 1.83 answers at once; the stable one is 1.08.
+    assert seen[60] == 2
+    assert seen[62] == 4  # (3 x 1 + 3 x 6) / 6 = 3.5
+    # The burst ends: the panic window forgets it within 6 s ...
+    assert seen[63:66] == [4, 4, 4] and seen[66] == 3 and seen[68] == 2
+    # ... and the stable window, above one replica's load while the burst is in it, keeps 2
+    # until the last burst sample (t=62) leaves it at t=122.
+    assert set(seen[68:122]) == {2}
+    assert seen[122:] == [1] * len(seen[122:])
+
+
+def test_look_ahead_scales_for_the_load_one_cold_start_away_while_load_rises() -> None:
+    """Load rises by 0.1 replica per second; a cold start is 20 s, so the rules ask for
+    two more replicas than the load of now needs."""
+    state = AutoscalerState()
+    ctx = {"target": 1.0, "stable_window": 60.0, "panic_window": 6.0, "max": 50, "look_ahead": True}
+    current = 1
+    for t in range(30):
+        scale, state = decide(
+            autoscaler_for("concurrency"),
+            scale_context(now=t, current=current, in_flight=1 + 0.1 * t, cold_start=20.0, **ctx),  # type: ignore[arg-type]
+            state,
+        )
+        current = scale.replicas
+    # At t=29 the load is 3.9; in 20 s it will be 5.9.
+    assert current == 6
+    assert "expected within a cold start" in scale.reason
+
+    # At t=30 (load 4.0, the panic mean 3.75), the assumed 20 s cold start adds 2 replicas'
+    # worth; a measured one of 2 s overrides it and adds 0.2, not enough for a fifth.
+    def at_30(**extra: float) -> int:
+        ctx30 = scale_context(now=30, current=1, in_flight=4.0, cold_start=20.0, **ctx, **extra)  # type: ignore[arg-type]
+        return decide(autoscaler_for("concurrency"), ctx30, AutoscalerState(window=state.window))[0].replicas
+
+    assert at_30() == 6
+    assert at_30(measured_cold_start=2.0) == 4
+
+
+def test_look_ahead_never_scales_ahead_of_a_falling_load() -> None:
+    state = AutoscalerState()
+    ctx = {"target": 1.0, "stable_window": 60.0, "panic_window": 6.0, "max": 50, "look_ahead": True, "min": 1}
+    for t in range(30):
+        scale, state = decide(
+            autoscaler_for("concurrency"),
+            scale_context(now=t, current=8, in_flight=8 - 0.2 * t, **ctx),  # type: ignore[arg-type]
+            state,
+        )
+        assert "cold start" not in scale.reason
+
+
+def test_scale_to_zero_after_is_not_held_up_by_the_stable_windows_memory() -> None:
+    """A minute's window still remembers the last request; idleness of scaleToZeroAfter
+    (3 s here) is what decides zero."""
+    policy, state = autoscaler_for("concurrency"), AutoscalerState()
+    ctx = {"target": 4.0, "stable_window": 60.0, "panic_window": 6.0, "scale_to_zero_after": 3.0, "min": 0}
+    scale, state = decide(policy, scale_context(now=0.0, current=1, in_flight=1, **ctx), state)  # type: ignore[arg-type]
+    assert scale.replicas == 1
+    scale, state = decide(policy, scale_context(now=2.9, current=1, **ctx), state)  # type: ignore[arg-type]
+    assert scale.replicas == 1
+    scale, state = decide(policy, scale_context(now=3.0, current=1, **ctx), state)  # type: ignore[arg-type]
+    assert scale.replicas == 0 and scale.reason == "idle for 3s >= scaleToZeroAfter 3s"
