@@ -38,6 +38,7 @@ from aiplane.dev.layout import (
     owned_pid,
     read_pid,
 )
+from aiplane.dev.network import FIRST_POD_IP, POD_CIDR
 from aiplane.dev.pki import Pki, ensure_pki, kubeconfig
 from aiplane.dev.storage import apply_storage
 
@@ -245,6 +246,11 @@ def up(
         _wait(lambda: _nodes_ready(api) >= names, deadline, what, paths, sup_alive)
         sa = "/api/v1/namespaces/default/serviceaccounts/default"
         _wait(lambda: api.get(sa).ok, deadline, "the default service account", paths, sup_alive)
+        if (why := endpoint_ip_rejection(api)) is not None:
+            log(
+                f"warning: this kube-apiserver rejects pod IPs ({POD_CIDR}) in EndpointSlices, so "
+                f"Services get no endpoints (it is not the dev build, which allows them): {why}"
+            )
     except BaseException:
         if proc is not None:
             _kill_group(proc)
@@ -309,6 +315,26 @@ def _spawn_supervisor(paths: ClusterPaths) -> subprocess.Popen[bytes]:
             env=env,
             start_new_session=True,  # own process group: `down` signals exactly this group
         )
+
+
+def endpoint_ip_rejection(api: KubeApi, address: str = FIRST_POD_IP) -> str | None:
+    """None if the apiserver takes `address` in an EndpointSlice (a dry run), else its answer.
+
+    Upstream rejects every loopback address there; the dev build of kube-apiserver takes
+    the dev pod range (k8s_build.APISERVER_PATCH). Reused binaries may be upstream's.
+    """
+    body = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"generateName": "aiplane-dev-probe-"},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [address]}],
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    }
+    r = api.post("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?dryRun=All", body)
+    if r.ok:
+        return None
+    return str(r.body.get("message") if isinstance(r.body, dict) else r.body) or f"HTTP {r.status}"
 
 
 def _nodes_ready(api: KubeApi) -> set[str]:

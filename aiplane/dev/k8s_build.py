@@ -7,6 +7,12 @@ a small wrapper module requires it and points each staging module at its `v0.Y.Z
 etcd's root module has replace directives too, so it gets a one-file wrapper around
 `etcdmain.Main`. KWOK installs as is.
 
+One source change, to kube-apiserver only (``APISERVER_PATCH``): Endpoints and
+EndpointSlices may list addresses in the dev cluster's loopback pod range
+(``network.POD_CIDR``), which upstream validation rejects for all of 127.0.0.0/8. It is
+applied with ``go build -overlay`` (the module cache stays pristine) and recorded in
+``bin/kube-apiserver.patch``, so an unpatched cached binary is rebuilt.
+
 Binaries land in ``<cache>/k8s/<kubernetes version>/bin``; one already there with the right
 ``--version`` is kept, so a rerun is a few version checks. A directory named by
 ``AIPLANE_K8S_BIN`` (all binaries) or ``KUBEBUILDER_ASSETS`` (any of them) is used instead.
@@ -14,6 +20,7 @@ Binaries land in ``<cache>/k8s/<kubernetes version>/bin``; one already there wit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -26,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from aiplane.dev import DevClusterError
+from aiplane.dev.network import POD_CIDR
 
 KUBERNETES_VERSION = "v1.33.13"
 ETCD_VERSION = "v3.5.35"
@@ -42,6 +50,70 @@ VERSION_TIMEOUT_S = 20.0
 
 Log = Callable[[str], None]
 Source = Literal["built", "cached", "reused"]
+
+# -- the one patch: loopback pod IPs in Endpoints and EndpointSlices --------------------------
+#
+# Upstream `ValidateEndpointIP` (pkg/apis/core/validation) rejects every loopback address in
+# Endpoints, EndpointSlices and Service externalIPs, with no flag or feature gate to relax
+# it. The dev cluster's pods live on loopback so tests can serve real traffic on their IPs;
+# without this, the EndpointSlice controller's writes fail (422) and no Service has endpoints.
+
+VALIDATION_GO = "pkg/apis/core/validation/validation.go"
+DEV_POD_IP_GO = "pkg/apis/core/validation/aiplane_dev_pod_ip.go"
+_LOOPBACK_CHECK = (
+    "\tif ip.IsLoopback() {\n"
+    "\t\tallErrs = append(allErrs, field.Invalid(fldPath, ipAddress, "
+    '"may not be in the loopback range (127.0.0.0/8, ::1/128)"))\n'
+    "\t}\n"
+)
+_LOOPBACK_CHECK_PATCHED = _LOOPBACK_CHECK.replace(
+    "if ip.IsLoopback() {", "if ip.IsLoopback() && !aiplaneDevPodIP(ip) {"
+)
+_DEV_POD_IP_SOURCE = f"""\
+// Added by aiplane's dev-cluster build (aiplane/dev/k8s_build.py); not part of Kubernetes.
+
+package validation
+
+import "net"
+
+// aiplaneDevPodCIDR is where the dev cluster's KWOK pods get their IPs: loopback, so tests
+// can run a real server on a pod's IP. ValidateEndpointIP lets Endpoints and EndpointSlices
+// list these addresses; the rest of the loopback range is still rejected.
+var aiplaneDevPodCIDR = func() *net.IPNet {{
+	_, cidr, err := net.ParseCIDR("{POD_CIDR}")
+	if err != nil {{
+		panic(err)
+	}}
+	return cidr
+}}()
+
+func aiplaneDevPodIP(ip net.IP) bool {{ return aiplaneDevPodCIDR.Contains(ip) }}
+"""
+APISERVER_PATCH = hashlib.sha256(
+    (VALIDATION_GO + _LOOPBACK_CHECK_PATCHED + DEV_POD_IP_GO + _DEV_POD_IP_SOURCE).encode()
+).hexdigest()[:16]
+"""Identifies the patch; kept beside the binary so a change to it rebuilds kube-apiserver."""
+
+
+def patched_validation(original: str) -> str:
+    """validation.go with `ValidateEndpointIP`'s loopback check narrowed to allow POD_CIDR.
+
+    Fails loudly when the upstream text moved (a Kubernetes bump): the patch must be
+    looked at again, never silently dropped.
+    """
+    start = original.find("\nfunc ValidateEndpointIP(")
+    end = original.find("\n}\n", start)
+    body = original[start:end] if start >= 0 and end >= 0 else ""
+    if body.count(_LOOPBACK_CHECK) != 1 or original.count(_LOOPBACK_CHECK) != 1:
+        raise DevClusterError(
+            f"cannot patch {VALIDATION_GO}: ValidateEndpointIP's loopback check is not where "
+            "aiplane/dev/k8s_build.py expects it (a new Kubernetes version?); update the patch"
+        )
+    return original.replace(_LOOPBACK_CHECK, _LOOPBACK_CHECK_PATCHED)
+
+
+def patch_stamp(binary: Path) -> Path:
+    return binary.with_name(binary.name + ".patch")
 
 
 @dataclass(frozen=True)
@@ -128,9 +200,18 @@ def _cached(versions: Versions, names: list[str]) -> dict[str, Binary]:
     out: dict[str, Binary] = {}
     for name in names:
         path = bin_dir(versions) / name
+        if name == "kube-apiserver" and not _stamped(path):
+            continue  # unpatched (built before the patch, or another patch): rebuild
         if _is_exe(path) and versions.marker(name) in binary_version(path):
             out[name] = Binary(name, path, "cached")
     return out
+
+
+def _stamped(path: Path) -> bool:
+    try:
+        return patch_stamp(path).read_text().strip() == APISERVER_PATCH
+    except OSError:
+        return False
 
 
 def ensure_binaries(
@@ -348,16 +429,47 @@ class _Builder:
             raise DevClusterError(f"cannot fetch {module}: {info['Error']}")
         return info
 
-    def _go_build(self, src: Path, pkg: str, name: str, ldflags: str) -> None:
+    def _go_build(self, src: Path, pkg: str, name: str, ldflags: str, extra: list[str] | None = None) -> None:
         tmp = self.bin / f".{name}.tmp"
-        cmd = [str(self.go), "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), pkg]
+        cmd = [str(self.go), "build", "-trimpath", *(extra or []), "-ldflags", ldflags, "-o", str(tmp), pkg]
         self._run(cmd, src, f"{name}-build", GO_STEP_TIMEOUT_S)
         tmp.replace(self.bin / name)  # atomic: an interrupted build never leaves a half binary
+
+    def _apiserver_flags(self) -> list[str]:
+        """`go build` flags that apply APISERVER_PATCH with an overlay.
+
+        Go refuses overlays of files in the module cache, so the apiserver builds from a
+        second module file (``go.apiserver.mod``, the tidied go.mod plus one replace) that
+        points k8s.io/kubernetes at a symlink to the same pristine module directory;
+        the overlay then swaps one file and adds one under that link. Nothing is copied
+        and the module cache is never written.
+        """
+        src = self._k8s_src
+        link = src / "k8s-module"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(self._k8s_dir, target_is_directory=True)
+        gomod = (src / "go.mod").read_text().rstrip("\n")
+        (src / "go.apiserver.mod").write_text(f"{gomod}\n\nreplace k8s.io/kubernetes => ./{link.name}\n")
+        shutil.copyfile(src / "go.sum", src / "go.apiserver.sum")
+        d = src / "overlay"
+        d.mkdir(exist_ok=True)
+        (d / "validation.go").write_text(
+            patched_validation((Path(self._k8s_dir) / VALIDATION_GO).read_text())
+        )
+        (d / "aiplane_dev_pod_ip.go").write_text(_DEV_POD_IP_SOURCE)
+        replace = {
+            str(link / VALIDATION_GO): str(d / "validation.go"),
+            str(link / DEV_POD_IP_GO): str(d / "aiplane_dev_pod_ip.go"),
+        }
+        (d / "overlay.json").write_text(json.dumps({"Replace": replace}, indent=2) + "\n")
+        return ["-modfile", str(src / "go.apiserver.mod"), "-overlay", str(d / "overlay.json")]
 
     def _build_kubernetes(self, name: str) -> None:
         v = self.versions.kubernetes
         if not self._k8s_ready:
             info = self._download(f"k8s.io/kubernetes@{v}", "kubernetes-download")
+            self._k8s_dir = info["Dir"]
             staging = staging_modules(Path(info["GoMod"]).read_text())
             if not staging:
                 raise DevClusterError(f"k8s.io/kubernetes@{v} go.mod lists no staging modules")
@@ -368,7 +480,13 @@ class _Builder:
             )
             self._k8s_ready = True
         self.log(f"  go build k8s.io/kubernetes/cmd/{name}")
-        self._go_build(self._k8s_src, f"k8s.io/kubernetes/cmd/{name}", name, kubernetes_ldflags(v))
+        pkg, flags = f"k8s.io/kubernetes/cmd/{name}", kubernetes_ldflags(v)
+        if name != "kube-apiserver":
+            self._go_build(self._k8s_src, pkg, name, flags)
+            return
+        patch_stamp(self.bin / name).unlink(missing_ok=True)
+        self._go_build(self._k8s_src, pkg, name, flags, self._apiserver_flags())
+        patch_stamp(self.bin / name).write_text(APISERVER_PATCH + "\n")
 
     def _build_etcd(self) -> None:
         v = self.versions.etcd

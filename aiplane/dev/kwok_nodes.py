@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from aiplane.dev import DevClusterError
+from aiplane.dev.network import FIRST_POD_IP, NODE_IP, POD_CIDR
 from aiplane.policies.scheduling.gpumodel import PRODUCTS, GpuProduct, product
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -23,6 +24,11 @@ KWOK_LABEL = ("type", "kwok")  # what the KWOK controller is told to manage
 MODEL_LABEL = "aiplane.dev/gpu-model"
 POOL_LABEL = "aiplane.dev/node-pool"
 COMPLETE_AFTER_ANNOTATION = "aiplane.dev/kwok-complete-after"
+READINESS_ANNOTATION = "aiplane.dev/kwok-readiness"
+"""Set to ``external`` on a pod (through its owner's annotations) and KWOK reports its
+containers running but neither started nor ready: whatever really runs the container
+(the tests' kubelet stand-in) reports readiness, as a kubelet's probes would."""
+EXTERNAL_READINESS = "external"
 MAX_PODS = 110
 
 
@@ -209,30 +215,45 @@ phase: Running
 
 _READY = '.status.conditions.[] | select( .type == "Ready" ) | .status'
 
-_POD_RUNNING = """\
-{{ $now := Now }}
+# A pod annotated `aiplane.dev/kwok-readiness: external` runs, unready and unstarted,
+# until something else (the tests' kubelet stand-in) reports its probes passing.
+_READINESS = f"""\
+{{{{ $now := Now }}}}
+{{{{ $ready := "True" }}}}
+{{{{ $started := true }}}}
+{{{{ with .metadata.annotations }}}}
+{{{{ if eq (printf "%v" (index . "{READINESS_ANNOTATION}")) "{EXTERNAL_READINESS}" }}}}
+{{{{ $ready = "False" }}}}
+{{{{ $started = false }}}}
+{{{{ end }}}}
+{{{{ end }}}}
+"""
+
+_POD_RUNNING = (
+    _READINESS
+    + """\
 conditions:
 - lastTransitionTime: {{ $now | Quote }}
   status: "True"
   type: Initialized
 - lastTransitionTime: {{ $now | Quote }}
-  status: "True"
+  status: {{ $ready | Quote }}
   type: Ready
 - lastTransitionTime: {{ $now | Quote }}
-  status: "True"
+  status: {{ $ready | Quote }}
   type: ContainersReady
 {{ range .spec.readinessGates }}
 - lastTransitionTime: {{ $now | Quote }}
-  status: "True"
+  status: {{ $ready | Quote }}
   type: {{ .conditionType | Quote }}
 {{ end }}
 containerStatuses:
 {{ range .spec.containers }}
 - image: {{ .image | Quote }}
   name: {{ .name | Quote }}
-  ready: true
+  ready: {{ $started }}
   restartCount: 0
-  started: true
+  started: {{ $started }}
   state:
     running:
       startedAt: {{ $now | Quote }}
@@ -256,6 +277,7 @@ podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata
 phase: Running
 startTime: {{ $now | Quote }}
 """
+)
 
 _POD_SUCCEEDED = """\
 {{ $now := Now }}
@@ -304,7 +326,8 @@ def _stage(name: str, kind: str, exprs: list[dict[str, Any]], spec: dict[str, An
 
 def stages() -> list[dict[str, Any]]:
     """Node and pod lifecycles: nodes go Ready (leases keep them so); pods go Running with an
-    IP; pods annotated `aiplane.dev/kwok-complete-after: <duration>` and owned by a Job
+    IP from POD_CIDR, and Ready unless annotated `aiplane.dev/kwok-readiness: external`;
+    pods annotated `aiplane.dev/kwok-complete-after: <duration>` and owned by a Job
     succeed after that long; others run until deleted."""
     alive = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
     annotation = f'.metadata.annotations["{COMPLETE_AFTER_ANNOTATION}"]'
@@ -362,8 +385,8 @@ def kwok_config(server_port: int, lease_seconds: int = 40) -> str:
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokConfiguration",
         "options": {
-            "cidr": "10.244.0.1/16",
-            "nodeIP": "10.0.0.1",
+            "cidr": f"{FIRST_POD_IP}/{POD_CIDR.split('/')[1]}",  # KWOK hands out IPs from this one on
+            "nodeIP": NODE_IP,
             "manageAllNodes": False,
             "manageNodesWithLabelSelector": f"{KWOK_LABEL[0]}={KWOK_LABEL[1]}",
             "nodeLeaseDurationSeconds": lease_seconds,

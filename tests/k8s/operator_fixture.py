@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -39,6 +40,7 @@ class Operator:
     log_dir: Path
     proc: subprocess.Popen[bytes] | None = None
     logs: list[Path] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # e.g. AIPLANE_GATEWAY_METRICS for the autoscaler
 
     def start(self) -> Operator:
         log = self.log_dir / f"operator-{len(self.logs)}.log"
@@ -55,6 +57,7 @@ class Operator:
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env=os.environ | self.env,
             )
         return self
 

@@ -98,6 +98,25 @@ def test_cached_binaries_are_found_without_building() -> None:
     assert apiserver == f"Kubernetes {k8s_build.KUBERNETES_VERSION}"
 
 
+def test_apiserver_patch_changes_one_line_and_refuses_moved_text() -> None:
+    """APISERVER_PATCH against the real v1.33 source (in the module cache after the build)."""
+    gomodcache = k8s_build.cache_root() / "go" / "pkg" / "mod"
+    module = gomodcache / "k8s.io" / f"kubernetes@{k8s_build.KUBERNETES_VERSION}"
+    original = (module / k8s_build.VALIDATION_GO).read_text()
+    patched = k8s_build.patched_validation(original)
+    changed = [(a, b) for a, b in zip(original.splitlines(), patched.splitlines(), strict=True) if a != b]
+    assert changed == [("\tif ip.IsLoopback() {", "\tif ip.IsLoopback() && !aiplaneDevPodIP(ip) {")]
+    with pytest.raises(DevClusterError, match="update the patch"):
+        k8s_build.patched_validation(original.replace("ip.IsLoopback()", "isLoopback(ip)"))
+
+
+def test_an_unpatched_cached_apiserver_is_not_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    cached = k8s_build.bin_dir(k8s_build.Versions()) / "kube-apiserver"
+    assert k8s_build.patch_stamp(cached).read_text().strip() == k8s_build.APISERVER_PATCH
+    monkeypatch.setattr(k8s_build, "APISERVER_PATCH", "another-patch")
+    assert "kube-apiserver" not in k8s_build._cached(k8s_build.Versions(), ["kube-apiserver"])
+
+
 def test_up_is_fast_and_down_leaves_no_process(tmp_path: Path) -> None:
     root = tmp_path / "c"
     info = dev_cluster.up(

@@ -122,10 +122,11 @@ def test_a_burst_is_answered_by_the_panic_window_and_replicas_go_as_the_windows_
 
 
 def test_look_ahead_scales_for_the_load_one_cold_start_away_while_load_rises() -> None:
-    """Load rises by 0.1 replica per second; a cold start is 20 s, so the rules ask for
-    two more replicas than the load of now needs."""
+    """Load rises by 0.1 replica per second; a cold start is 20 s. With look-ahead the
+    panic window stretches to the cold start (a shorter burst is over before a replica
+    could serve it), and the trend adds what 20 s more of the rise will bring."""
     state = AutoscalerState()
-    ctx = {"target": 1.0, "stable_window": 60.0, "panic_window": 6.0, "max": 50, "look_ahead": True}
+    ctx = {"target": 1.0, "stable_window": 20.0, "panic_window": 6.0, "max": 50, "look_ahead": True}
     current = 1
     for t in range(30):
         scale, state = decide(
@@ -134,18 +135,44 @@ def test_look_ahead_scales_for_the_load_one_cold_start_away_while_load_rises() -
             state,
         )
         current = scale.replicas
-    # At t=29 the load is 3.9; in 20 s it will be 5.9.
-    assert current == 6
-    assert "expected within a cold start" in scale.reason
+    # At t=29 the last 20 s averaged 2.95 replicas of load; in 20 s it will be 2 more.
+    assert current == 5
+    assert "+2.00 expected within a cold start" in scale.reason
 
-    # At t=30 (load 4.0, the panic mean 3.75), the assumed 20 s cold start adds 2 replicas'
-    # worth; a measured one of 2 s overrides it and adds 0.2, not enough for a fifth.
+    # A measured cold start of 2 s overrides the assumed 20 s: the panic window is back to
+    # 6 s (mean load 3.75 at t=30) and the lead is 0.2: four replicas.
     def at_30(**extra: float) -> int:
         ctx30 = scale_context(now=30, current=1, in_flight=4.0, cold_start=20.0, **ctx, **extra)  # type: ignore[arg-type]
         return decide(autoscaler_for("concurrency"), ctx30, AutoscalerState(window=state.window))[0].replicas
 
-    assert at_30() == 6
+    assert at_30() == 6  # the mean 3.05 + 2 = 5.05
     assert at_30(measured_cold_start=2.0) == 4
+
+
+def test_look_ahead_needs_half_a_window_of_history() -> None:
+    """Three samples half a second apart are no trend: no jump to max at start-up."""
+    state = AutoscalerState()
+    ctx = {"target": 1.0, "stable_window": 60.0, "max": 32, "look_ahead": True, "cold_start": 60.0}
+    for t, load in ((0.0, 1.0), (0.25, 2.0), (0.5, 3.0)):
+        scale, state = decide(
+            autoscaler_for("concurrency"), scale_context(now=t, current=1, in_flight=load, **ctx), state
+        )  # type: ignore[arg-type]
+    assert scale.replicas == 2 and "cold start" not in scale.reason  # the mean of 1, 2, 3
+
+
+def test_a_replica_no_longer_needed_is_kept_for_one_cold_start() -> None:
+    """Ski rental: with look-ahead, scale-down waits max(scaleDownDelay, cold start)."""
+    ctx = {"target": 1.0, "min": 1, "scale_down_delay": 10.0, "look_ahead": True, "cold_start": 45.0}
+    state = AutoscalerState()
+    for t in (0.0, 44.9):
+        scale, state = decide(
+            autoscaler_for("concurrency"), scale_context(now=t, current=3, in_flight=1, **ctx), state
+        )  # type: ignore[arg-type]
+        assert scale.replicas == 3
+    scale, _ = decide(
+        autoscaler_for("concurrency"), scale_context(now=45.0, current=3, in_flight=1, **ctx), state
+    )  # type: ignore[arg-type]
+    assert scale.replicas == 1
 
 
 def test_look_ahead_never_scales_ahead_of_a_falling_load() -> None:

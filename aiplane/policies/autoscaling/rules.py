@@ -10,6 +10,11 @@
   start. When load is rising, the rules scale for the load expected one cold start from
   now (the stable window's trend), not for the load of now, so the SLO is not blown
   while the new replica loads.
+* Cold-start aware scale-down: a replica no longer needed is kept for at least one cold
+  start before it goes (the ski-rental break-even: an idle replica kept that long costs
+  what stopping and restarting it would, so neither choice is ever more than twice the
+  best in hindsight), or ``scale_down_delay`` if longer. Bursts that come back within a
+  cold start then find their replicas still there.
 * Scale-to-zero only after ``scale_to_zero_after`` without any demand, and a request
   held at zero replicas starts one at once.
 """
@@ -54,13 +59,18 @@ def decide(
     if last_active is None:
         last_active = now  # never seen load: count idleness from the first decision
 
+    cold_start = ctx.signals.cold_start or cfg.cold_start
     window = (*(s for s in state.window if now - s[0] < cfg.stable_window), (now, raw.replicas))
     stable = sum(v for _, v in window) / len(window)
-    recent = [v for t, v in window if now - t < cfg.panic_window] or [raw.replicas]
+    panic_window = cfg.panic_window
+    if cfg.look_ahead:  # a burst over before a replica could start is not worth one
+        panic_window = max(panic_window, min(cold_start, cfg.stable_window))
+    recent = [v for t, v in window if now - t < panic_window] or [raw.replicas]
     panic = sum(recent) / len(recent)
     up, reason = max(stable, panic), raw.reason
-    if cfg.look_ahead:
-        rise = _slope(window) * (ctx.signals.cold_start or cfg.cold_start)
+    if cfg.look_ahead and now - window[0][0] >= cfg.stable_window / 2:
+        # A trend needs half a window of history: three samples 0.5 s apart are not one.
+        rise = _slope(window) * cold_start
         if rise > 0 and _ceil(up + rise) > _ceil(up):
             up += rise
             reason = f"{reason}; +{rise:.2f} expected within a cold start"
@@ -91,7 +101,7 @@ def decide(
         why = f"idle for {idle_for:.0f}s >= scaleToZeroAfter {cfg.scale_to_zero_after:g}s"
         return ScaleTo(0, why), remember(None)
     below_since = state.below_since if state.below_since is not None else now
-    if now - below_since >= cfg.scale_down_delay:
+    if now - below_since >= max(cfg.scale_down_delay, cold_start if cfg.look_ahead else 0.0):
         return ScaleTo(wanted, reason), remember(None)
     hold = ScaleTo(current, f"holding {current} (want {wanted}) for scaleDownDelay {cfg.scale_down_delay:g}s")
     return hold, remember(below_since)
