@@ -55,6 +55,9 @@ class Gateway:
     # Each model's router memory (prefix-cache estimates, sessions), keyed by the router's
     # name too, so a changed strategy starts fresh; and the replicas it has seen.
     _routing: dict[tuple[str, str], tuple[Any, set[str]]] = field(default_factory=dict)
+    # What a replica's engine last reported (waiting requests, KV use), if the runtime
+    # scrapes it: the routers weigh an engine's own queue, not only the gateway's count.
+    engine_hint: Callable[[str], tuple[float | None, float | None]] | None = None
 
     # -- wiring ------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -223,8 +226,11 @@ class Gateway:
         for gone in seen - present:  # scaled down or failed: its cache estimate is stale
             router.forget(gone, state)
         seen.intersection_update(present)
+        hint = self.engine_hint or (lambda _: (None, None))
         loads = [
-            ReplicaLoad(u.replica_id, self.load.replica_load(u.replica_id), slots=route.concurrency)
+            ReplicaLoad(
+                u.replica_id, self.load.replica_load(u.replica_id), *hint(u.replica_id), route.concurrency
+            )
             for u in upstreams
         ]
         ask = RouteRequest(next(self._seq), inference.prefix, inference.blocks, session, now=time.monotonic())

@@ -123,8 +123,7 @@ def test_a_burst_is_answered_by_the_panic_window_and_replicas_go_as_the_windows_
 
 def test_look_ahead_scales_for_the_load_one_cold_start_away_while_load_rises() -> None:
     """Load rises by 0.1 replica per second; a cold start is 20 s. With look-ahead the
-    panic window stretches to the cold start (a shorter burst is over before a replica
-    could serve it), and the trend adds what 20 s more of the rise will bring."""
+    trend adds what 20 s more of the rise will bring."""
     state = AutoscalerState()
     ctx = {"target": 1.0, "stable_window": 20.0, "panic_window": 6.0, "max": 50, "look_ahead": True}
     current = 1
@@ -135,17 +134,17 @@ def test_look_ahead_scales_for_the_load_one_cold_start_away_while_load_rises() -
             state,
         )
         current = scale.replicas
-    # At t=29 the last 20 s averaged 2.95 replicas of load; in 20 s it will be 2 more.
-    assert current == 5
+    # At t=29 the panic window's mean is 3.65 replicas of load; in 20 s it will be 2 more.
+    assert current == 6
     assert "+2.00 expected within a cold start" in scale.reason
 
-    # A measured cold start of 2 s overrides the assumed 20 s: the panic window is back to
-    # 6 s (mean load 3.75 at t=30) and the lead is 0.2: four replicas.
+    # A measured cold start of 2 s overrides the assumed 20 s: the lead is 0.2 on the
+    # panic mean of 3.75 at t=30, not enough for a fifth replica.
     def at_30(**extra: float) -> int:
-        ctx30 = scale_context(now=30, current=1, in_flight=4.0, cold_start=20.0, **ctx, **extra)  # type: ignore[arg-type]
+        ctx30 = scale_context(now=30, current=2, in_flight=4.0, cold_start=20.0, **ctx, **extra)  # type: ignore[arg-type]
         return decide(autoscaler_for("concurrency"), ctx30, AutoscalerState(window=state.window))[0].replicas
 
-    assert at_30() == 6  # the mean 3.05 + 2 = 5.05
+    assert at_30() == 6  # 3.75 + 2 (from 2 ready: the surge limit allows up to 6)
     assert at_30(measured_cold_start=2.0) == 4
 
 
@@ -157,22 +156,38 @@ def test_look_ahead_needs_half_a_window_of_history() -> None:
         scale, state = decide(
             autoscaler_for("concurrency"), scale_context(now=t, current=1, in_flight=load, **ctx), state
         )  # type: ignore[arg-type]
-    assert scale.replicas == 2 and "cold start" not in scale.reason  # the mean of 1, 2, 3
+    assert scale.replicas == 3 and "cold start" not in scale.reason  # the load of now, no more
 
 
-def test_a_replica_no_longer_needed_is_kept_for_one_cold_start() -> None:
-    """Ski rental: with look-ahead, scale-down waits max(scaleDownDelay, cold start)."""
+def test_a_replica_no_longer_needed_is_kept_for_hold_cold_starts() -> None:
+    """With look-ahead, scale-down waits max(scaleDownDelay, hold x cold start): 5 x 45 s."""
     ctx = {"target": 1.0, "min": 1, "scale_down_delay": 10.0, "look_ahead": True, "cold_start": 45.0}
     state = AutoscalerState()
-    for t in (0.0, 44.9):
+    for t in (0.0, 224.9):
         scale, state = decide(
             autoscaler_for("concurrency"), scale_context(now=t, current=3, in_flight=1, **ctx), state
         )  # type: ignore[arg-type]
-        assert scale.replicas == 3
+        assert scale.replicas == 3, t
     scale, _ = decide(
-        autoscaler_for("concurrency"), scale_context(now=45.0, current=3, in_flight=1, **ctx), state
+        autoscaler_for("concurrency"), scale_context(now=225.0, current=3, in_flight=1, **ctx), state
     )  # type: ignore[arg-type]
     assert scale.replicas == 1
+
+
+def test_replicas_step_down_as_older_peaks_leave_the_window() -> None:
+    """The HPA's stabilization: the count follows the most wanted within the delay."""
+    ctx = {"target": 1.0, "min": 1, "scale_down_delay": 10.0}
+    state = AutoscalerState()
+    seen = []
+    for t, load in enumerate([4, 4, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]):
+        scale, state = decide(
+            autoscaler_for("concurrency"),
+            scale_context(now=t, current=4 if not seen else seen[-1], in_flight=load, **ctx),
+            state,
+        )  # type: ignore[arg-type]
+        seen.append(scale.replicas)
+    # 4 was last wanted at t=1, 3 at t=4, 2 at t=12: each goes 10 s later.
+    assert seen.index(3) == 11 and seen.index(2) == 14 and seen.index(1) == 22, seen
 
 
 def test_look_ahead_never_scales_ahead_of_a_falling_load() -> None:
@@ -198,3 +213,24 @@ def test_scale_to_zero_after_is_not_held_up_by_the_stable_windows_memory() -> No
     assert scale.replicas == 1
     scale, state = decide(policy, scale_context(now=3.0, current=1, **ctx), state)  # type: ignore[arg-type]
     assert scale.replicas == 0 and scale.reason == "idle for 3s >= scaleToZeroAfter 3s"
+
+
+def test_a_surge_is_limited_to_double_the_ready_replicas_or_four_more() -> None:
+    """As the HPA's default scale-up policy: replicas asked for while a backlog drains
+    arrive a cold start later, mostly after the burst; doubling (or +4) per cold start
+    still reaches any size in a few steps."""
+    ctx = {"target": 1.0, "max": 64, "look_ahead": True}
+    for ready, want in ((1, 5), (4, 8), (10, 20)):
+        got = decide(
+            autoscaler_for("concurrency"),
+            scale_context(now=0, current=ready, in_flight=40, **ctx),
+            AutoscalerState(),  # type: ignore[arg-type]
+        )[0]
+        assert got.replicas == want, (ready, got)
+    # Replicas already starting count: with 1 ready and 5 asked for, nothing more until some are ready.
+    got = decide(
+        autoscaler_for("concurrency"),
+        scale_context(now=0, current=5, ready=1, in_flight=40, **ctx),
+        AutoscalerState(),  # type: ignore[arg-type]
+    )[0]
+    assert got.replicas == 5

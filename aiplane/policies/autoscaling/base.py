@@ -29,6 +29,8 @@ class AutoscalingConfig:
     cold_start: float = 30.0  # assumed replica start time until one is measured
     look_ahead: bool = True  # scale for the load expected once a new replica is ready
     replica_concurrency: int | None = None  # requests one replica runs at once (its slots)
+    hold: float = 5.0  # with look-ahead, scale-down waits hold x the cold start (or the delay)
+    surge: bool = True  # with look-ahead, at most max(2 x ready, ready + 4) replicas at once
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class AutoscalerState:
     below_since: float | None = None
     window: tuple[tuple[float, float], ...] = ()  # (time, desired replicas) samples
     capacity: float | None = None  # learned requests per replica at the SLO (latency policy)
+    peaks: tuple[tuple[float, float], ...] = ()  # (time, wanted), decreasing: the scale-down window
 
     def durable(self) -> dict[str, float | None]:
         return {"last_active": self.last_active, "below_since": self.below_since, "capacity": self.capacity}

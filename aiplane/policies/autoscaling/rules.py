@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from aiplane.policies.autoscaling.base import (
     Autoscaler,
@@ -62,10 +63,7 @@ def decide(
     cold_start = ctx.signals.cold_start or cfg.cold_start
     window = (*(s for s in state.window if now - s[0] < cfg.stable_window), (now, raw.replicas))
     stable = sum(v for _, v in window) / len(window)
-    panic_window = cfg.panic_window
-    if cfg.look_ahead:  # a burst over before a replica could start is not worth one
-        panic_window = max(panic_window, min(cold_start, cfg.stable_window))
-    recent = [v for t, v in window if now - t < panic_window] or [raw.replicas]
+    recent = [v for t, v in window if now - t < cfg.panic_window] or [raw.replicas]
     panic = sum(recent) / len(recent)
     up, reason = max(stable, panic), raw.reason
     if cfg.look_ahead and now - window[0][0] >= cfg.stable_window / 2:
@@ -77,7 +75,8 @@ def decide(
     capacity = raw.capacity if raw.capacity is not None else state.capacity
 
     def remember(below_since: float | None) -> AutoscalerState:
-        return AutoscalerState(last_active, below_since, window, capacity)
+        """Not scaling down: the peaks restart from what is wanted now."""
+        return AutoscalerState(last_active, below_since, window, capacity, ((now, float(wanted)),))
 
     floor = cfg.min_replicas
     idle_for = now - last_active
@@ -87,6 +86,8 @@ def decide(
         up = 0.0  # idle that long: the windows' memory of older load no longer counts
     current = ctx.current_replicas
     wanted = min(max(_ceil(up), floor), cfg.max_replicas)
+    if cfg.look_ahead and cfg.surge and ctx.ready > 0:
+        wanted = min(wanted, max(current, 2 * ctx.ready, ctx.ready + 4))
     if _ceil(up) > cfg.max_replicas:
         reason = f"{reason}; capped at max {cfg.max_replicas}"
     elif wanted > _ceil(up):
@@ -100,8 +101,19 @@ def decide(
     if wanted == 0:  # governed by scale_to_zero_after alone
         why = f"idle for {idle_for:.0f}s >= scaleToZeroAfter {cfg.scale_to_zero_after:g}s"
         return ScaleTo(0, why), remember(None)
+    # Scale down to the most wanted within the last ``delay`` (Kubernetes HPA's
+    # stabilization window): replicas step down as older peaks age out, and a count we
+    # have no history for (a restart) is held for a whole delay first.
+    delay = max(cfg.scale_down_delay, cfg.hold * cold_start if cfg.look_ahead else 0.0)
+    fresh = [(now, float(current))] if not state.peaks else []  # no history: a restart
+    peaks = [p for p in state.peaks if now - p[0] < delay] + fresh
+    while peaks and peaks[-1][1] <= wanted:
+        peaks.pop()
+    peaks.append((now, float(wanted)))
     below_since = state.below_since if state.below_since is not None else now
-    if now - below_since >= max(cfg.scale_down_delay, cold_start if cfg.look_ahead else 0.0):
-        return ScaleTo(wanted, reason), remember(None)
-    hold = ScaleTo(current, f"holding {current} (want {wanted}) for scaleDownDelay {cfg.scale_down_delay:g}s")
-    return hold, remember(below_since)
+    keep = min(current, int(peaks[0][1]))  # peaks[0] is the most wanted within the delay
+    after = AutoscalerState(last_active, below_since, window, capacity, tuple(peaks))
+    if keep < current:
+        return ScaleTo(max(keep, wanted), reason), replace(after, below_since=None)
+    hold = ScaleTo(current, f"holding {current} (want {wanted}) for scaleDownDelay {delay:g}s")
+    return hold, after

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from aiplane.api import Model
+from aiplane.api import Model, parse_duration
 from aiplane.engines import EngineRegistry, LocalLaunch, resolve_local
 from aiplane.errors import AiplaneError
 from aiplane.gateway.load import LoadTracker
@@ -35,7 +35,6 @@ from aiplane.runtime.local.supervisor import Replica, State, Supervisor
 from aiplane.runtime.model_route import autoscaling_config
 
 log = logging.getLogger(__name__)
-DRAIN_TIMEOUT = 30.0
 EventSink = Callable[[str, str, str], None]
 
 
@@ -61,6 +60,7 @@ class LocalController:
         self._last_reason: dict[str, str] = {}
         self._seen: dict[str, State] = {}
         self._shares: dict[str, float] = {}
+        self._drain_for: dict[str, float] = {}  # model -> the longest a draining replica waits
         self._written: dict[str, tuple[object, ...]] = {}
         self.signals = LocalSignals(load, self.supervisor, engines)
         self.jobs = JobRunner(store, gpus, logs / "jobs", self.event, host)
@@ -169,6 +169,10 @@ class LocalController:
         self.signals.set_models(
             {s.resource.name: (s.resource.served_name, s.resource.spec.engine) for s in stored}  # type: ignore[union-attr]
         )
+        self._drain_for = {
+            s.resource.name: parse_duration(s.resource.spec.timeouts.request)  # type: ignore[union-attr]
+            for s in stored
+        }
         self._shares = {
             s.resource.name: min(s.resource.spec.resources.gpus, 1.0)  # type: ignore[union-attr]
             for s in stored
@@ -294,6 +298,7 @@ class LocalController:
             if replica.state is State.READY:
                 replica.state = State.DRAINING
                 self._replica_changed(replica)
-            if self.load.replica_load(rid) == 0 or now - since > DRAIN_TIMEOUT:
+            # A stream may run as long as the Model's request timeout: only then is it cut.
+            if self.load.replica_load(rid) == 0 or now - since > self._drain_for.get(replica.model, 600.0):
                 self._draining.pop(rid)
                 self.supervisor.stop_soon(rid)

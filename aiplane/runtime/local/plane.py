@@ -74,7 +74,12 @@ async def serve(
     if watchdog is not None:
         watchdog.watch(lambda: [*controller.supervisor.pids(), *controller.jobs.pids()])
     signals = install_stop_signals(stop, on_repeat=watchdog.fire if watchdog else None)
-    gateway = Gateway(controller.discovery, load=load, config=GatewayConfig(api_keys=options.api_keys))
+    gateway = Gateway(
+        controller.discovery,
+        load=load,
+        config=GatewayConfig(api_keys=options.api_keys),
+        engine_hint=controller.signals.engine_hint,
+    )
     async with controller.supervisor, controller.jobs:
         await controller.adopt_or_replace()
         # Held or streaming requests get SHUTDOWN_GRACE to finish; then the plane stops anyway.

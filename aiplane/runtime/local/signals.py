@@ -49,6 +49,11 @@ class LocalSignals:
         if replica.started is not None and replica.ready_at is not None and replica.restarts == 0:
             self._cold_start[replica.model] = max(0.0, replica.ready_at - replica.started)
 
+    def engine_hint(self, replica_id: str) -> tuple[float | None, float | None]:
+        """One replica's last engine report (waiting, KV use), for the gateway's routers."""
+        sample = self._engine.get(replica_id)
+        return (sample.waiting, sample.kv_cache) if sample else (None, None)
+
     def read(self, model: str, now: float) -> ModelSignals:
         served, _ = self._served.get(model, (model, ""))
         gateway = self._load.signals(served)

@@ -1,11 +1,12 @@
 """The experiments: which traces, rates, fleets and policies, and the runs that compare them.
 
-* **Autoscaling**: the trace time-compressed at rate multipliers chosen so that at its
-  busiest minute the fleet needs about 1, 4 and 16 replicas of the profile (the
-  prefill work of that minute over a replica's prefill rate at 80% busy; prefill is
-  what bounds TTFT). Every policy starts from one warm replica, routes least-load (the
-  gateway's default) and may run 1 to 32 replicas. For the Azure code trace and the
-  H100 profile the multipliers come out at 1x, 4x and 16x.
+* **Autoscaling**: the trace at rate multipliers chosen so that at its busiest minute
+  the fleet needs about 1, 4 and 16 replicas of the profile (the prefill work of that
+  minute over a replica's prefill rate at 80% busy; prefill is what bounds TTFT). A
+  multiplier superposes copies of the trace (``Trace.scaled``: more users over the same
+  hour, bursts as sharp as the trace's), not time compression, which would shrink an
+  hour to a few cold starts. Every policy starts from the warm replicas the first
+  minute needs, routes least-load (the gateway's default) and may run 1 to 32.
 * **Routing**: a trace with prefixes (Mooncake) at 4x its rate on a fixed fleet sized
   so that its prefill, were nothing cached, keeps the fleet 70% busy (12 H100 replicas
   for the Mooncake trace): busy enough that where a request goes matters, not so busy
@@ -83,6 +84,16 @@ def _round(x: float) -> float:
     return round(x, max(0, digits))
 
 
+def warm_replicas(trace: Trace, profile: Profile) -> int:
+    """The replicas the trace's first minute needs: every policy starts with them warm."""
+    first = sum(
+        profile.prefill_work(min(r.prompt_tokens, profile.max_context), 0)
+        for r in trace.requests
+        if r.arrival < 60.0
+    )
+    return min(MAX_REPLICAS, max(MIN_REPLICAS, math.ceil(first / 60.0 / (profile.prefill_tps * BUSY))))
+
+
 def autoscaling_multipliers(trace: Trace, profile: Profile) -> list[float]:
     _, peak = prefill_rates(trace, profile)
     per_replica = profile.prefill_tps * BUSY
@@ -94,14 +105,14 @@ def autoscaling_scenarios(trace: Trace, profile: Profile, multipliers: list[floa
     _, peak = prefill_rates(trace, profile)
     for m in multipliers or autoscaling_multipliers(trace, profile):
         need = m * peak / (profile.prefill_tps * BUSY)
-        fast = trace.compressed(m)
+        fast = trace.scaled(m)
         out.append(
             Scenario(
                 name=f"autoscaling: {trace.name} x{m:g}",
                 kind="autoscaling",
                 trace=fast,
                 multiplier=m,
-                replicas=MIN_REPLICAS,
+                replicas=warm_replicas(fast, profile),
                 note=f"{len(fast.requests)} requests over {fast.duration:.0f}s; busiest minute needs "
                 f"~{need:.1f} replicas",
             )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,6 +52,32 @@ class Trace:
     @property
     def has_prefixes(self) -> bool:
         return self.format == "mooncake"
+
+    def scaled(self, multiplier: float, seed: int = 0, jitter: float = 5.0) -> Trace:
+        """The same hour with ``multiplier`` times the users: whole copies of the trace
+        superposed, each request of a copy moved by up to ``jitter`` seconds, plus a
+        random share of one more copy for the fraction (below 1, a random thinning).
+
+        Unlike time compression this keeps the trace's duration and the shape of its
+        bursts against a replica's cold start: compressing an hour 16x leaves a
+        3.5-minute trace, barely three cold starts long, which no autoscaler could
+        follow. Each copy's prefix blocks are its own (other users do not share this
+        user's cache), so copies add load, not cache hits."""
+        rng = random.Random(seed)
+        whole, part = int(multiplier), multiplier - int(multiplier)
+        stride = 1 + max((b for r in self.requests for b in r.blocks), default=0)
+        out: list[TraceRequest] = []
+        for copy in range(whole + (1 if part > 0 else 0)):
+            for r in self.requests:
+                if copy == whole and rng.random() >= part:
+                    continue
+                shift = 0.0 if copy == 0 else rng.uniform(-jitter, jitter)
+                blocks = r.blocks if copy == 0 else tuple(b + copy * stride for b in r.blocks)
+                out.append(
+                    TraceRequest(max(0.0, r.arrival + shift), r.prompt_tokens, r.output_tokens, blocks)
+                )
+        out.sort(key=lambda r: r.arrival)
+        return Trace(f"{self.name} x{multiplier:g}", self.format, tuple(out))
 
     def compressed(self, multiplier: float) -> Trace:
         """The same requests arriving ``multiplier`` times faster (time compression)."""
