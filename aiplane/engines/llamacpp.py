@@ -70,6 +70,11 @@ def _server_args(model: Model, model_path: str, host: str, port: int, slots: int
     ]  # fmt: skip
 
 
+def local_threads(max_replicas: int) -> int:
+    """Generation threads per local replica: this machine's cores over the replicas."""
+    return max(1, (os.cpu_count() or 1) // max(1, max_replicas))
+
+
 @dataclass(frozen=True)
 class LlamaCpp:
     name: str = "llamacpp"
@@ -90,6 +95,11 @@ class LlamaCpp:
 
     def local(self, model: Model, model_path: str, host: str, port: int) -> LocalLaunch:
         argv = [llama_server_binary(), *_server_args(model, model_path, host, port, self.slots(model))]
+        if not {"--threads", "-t"} & set(model.spec.args):
+            # llama-server takes every core by default; N replicas on one CPU host then
+            # fight over them (2 threads each on 2 cores decoded 35-70x slower than 1,
+            # bench/prefix_routing.py). Share the cores among the replicas it may run.
+            argv += ["--threads", str(local_threads(model.spec.replicas.max))]
         return LocalLaunch(
             argv=argv, env=dict(model.spec.env), probes=Probes("/health", "/health", "/metrics")
         )

@@ -268,3 +268,24 @@ def test_remote_sources_say_they_are_preloaded_on_kubernetes(source: str) -> Non
 def test_container_model_path_is_under_the_mount() -> None:
     assert container_model_path("hf://HuggingFaceTB/SmolLM2-135M") == "/models/HuggingFaceTB/SmolLM2-135M"
     assert container_model_path("pvc://cache/m", mount="/cache") == "/cache/cache/m"
+
+
+def test_local_llama_servers_share_the_cores_among_the_replicas_a_model_may_run() -> None:
+    import os
+
+    from aiplane.api import parse_yaml
+    from aiplane.engines.llamacpp import LlamaCpp, local_threads
+
+    def threads(spec: str) -> list[str]:
+        (model,) = parse_yaml(
+            "kind: Model\nmetadata: {name: m}\n"
+            f"spec: {{engine: llamacpp, source: pkg://p/m.gguf, {spec}}}\n"
+        )
+        argv = LlamaCpp().local(model, "/m.gguf", "127.0.0.1", 9).argv  # type: ignore[arg-type]
+        return [a for i, a in enumerate(argv) if argv[i - 1] in ("--threads", "-t")]
+
+    cores = os.cpu_count() or 1
+    assert threads("replicas: {min: 1, max: 1}") == [str(cores)]
+    assert threads("replicas: {min: 1, max: 64}") == ["1"]
+    assert local_threads(2) == max(1, cores // 2)
+    assert threads("replicas: {max: 3}, args: ['--threads', '7']") == ["7"]  # the user's choice stands
