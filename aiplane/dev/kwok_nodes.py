@@ -29,6 +29,13 @@ READINESS_ANNOTATION = "aiplane.dev/kwok-readiness"
 containers running but neither started nor ready: whatever really runs the container
 (the tests' kubelet stand-in) reports readiness, as a kubelet's probes would."""
 EXTERNAL_READINESS = "external"
+TERMINATION_ANNOTATION = "aiplane.dev/kwok-termination"
+"""Set to ``external`` on a pod by whatever runs its containers (the tests' kubelet stand-in
+puts it on each pod whose engine it starts) and KWOK leaves the pod alone once deleted:
+that runner plays the kubelet's part (preStop, SIGTERM, SIGKILL at the grace period) and
+removes the pod itself, with grace 0, once its containers have stopped. It takes the
+annotation off again when it stops, and KWOK then removes a deleted pod at once."""
+EXTERNAL_TERMINATION = "external"
 MAX_PODS = 110
 
 
@@ -328,7 +335,8 @@ def stages() -> list[dict[str, Any]]:
     """Node and pod lifecycles: nodes go Ready (leases keep them so); pods go Running with an
     IP from POD_CIDR, and Ready unless annotated `aiplane.dev/kwok-readiness: external`;
     pods annotated `aiplane.dev/kwok-complete-after: <duration>` and owned by a Job
-    succeed after that long; others run until deleted."""
+    succeed after that long; others run until deleted. A deleted pod is removed at once,
+    unless annotated `aiplane.dev/kwok-termination` (its runner removes it)."""
     alive = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
     annotation = f'.metadata.annotations["{COMPLETE_AFTER_ANNOTATION}"]'
     return [
@@ -373,7 +381,10 @@ def stages() -> list[dict[str, Any]]:
         _stage(
             "pod-delete",
             "Pod",
-            [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}],
+            [
+                {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
+                {"key": f'.metadata.annotations["{TERMINATION_ANNOTATION}"]', "operator": "DoesNotExist"},
+            ],
             {"next": {"finalizers": {"empty": True}, "delete": True}},
         ),
     ]

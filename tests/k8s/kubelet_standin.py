@@ -18,10 +18,26 @@ pointed at (a namespace and a label selector):
   container's ``ready``/``started``), as the kubelet's prober does. So the
   EndpointSlice controller publishes the pod only once the engine answers, and
   withdraws it if the engine dies (the container is then reported ``terminated``).
-* **Stop.** When the pod is deleted (or terminating, finished, or loses its IP), the
-  engine's process group gets SIGTERM, then SIGKILL after ``stop_timeout``. KWOK reuses
-  a freed IP at once, so a new pod's engine starts only when no old engine still runs
-  on that IP (pods share one network here; on a node each has its own namespace).
+* **Termination.** Before it starts a pod's engine it annotates the pod
+  ``aiplane.dev/kwok-termination: external`` (:data:`TERMINATION_ANNOTATION`), so KWOK's
+  ``pod-delete`` stage leaves the pod alone once deleted, and it plays the kubelet's
+  part itself. When the pod gets a ``deletionTimestamp`` the engine keeps running
+  through the server container's ``preStop`` sleep (``lifecycle.preStop.sleep.seconds``;
+  the EndpointSlice controller has meanwhile marked the endpoint not ready, so the
+  gateway sends it nothing new), then its process group gets SIGTERM, and SIGKILL
+  when the pod's grace period (``deletionGracePeriodSeconds``, counted from when the
+  deletion was seen, as the kubelet counts it) runs out, or 2 s after the hook if the
+  hook used it all (the kubelet's minimum). Once the engine has exited the stand-in
+  deletes the pod with grace 0 and a UID precondition, as the kubelet's status manager
+  does. :class:`Engine` keeps the timeline (``terminating_at``, ``sigterm_at``,
+  ``kill_at``, ``exited_at``, ``sigkilled``). At teardown it stops what still runs and takes its
+  annotation off the pods that remain, so KWOK removes them at once if deleted later.
+* **Stop.** A pod that vanished without the stand-in seeing it terminate (deleted by
+  someone else with grace 0, or removed by KWOK before it was annotated), or that
+  finished or lost its IP: the engine's process group gets SIGTERM, then SIGKILL after
+  ``stop_timeout``. KWOK reuses a freed IP at once, so a new pod's engine starts only
+  when no old engine still runs on that IP (pods share one network here; on a node
+  each has its own namespace).
 
 Where it is not a kubelet, on purpose:
 
@@ -33,8 +49,10 @@ Where it is not a kubelet, on purpose:
   when the engine answers. KWOK does not fight either: once a pod has an IP, none of
   the dev cluster's stages matches it again until it is deleted (``pod-complete`` takes
   only annotated Job pods).
-* KWOK removes a deleted pod at once (its ``pod-delete`` stage), so there is no
-  ``preStop`` sleep and no grace period to honour; the engine gets ``stop_timeout``.
+* A terminating pod is no longer probed, and its status not written: it goes on
+  reading Ready until it is removed (the endpoint is not ready anyway: it is
+  terminating). Only the ``sleep`` preStop action is run (``exec``/``httpGet`` hooks are
+  skipped), and it may be cut short by the grace period but not by the engine exiting.
 * A container that exits is reported terminated and not restarted (a kubelet would
   restart it with backoff); tests see it in :attr:`Engine.exit_code`.
 * Only images whose entrypoint it knows (:data:`ENTRYPOINTS`) can run.
@@ -62,9 +80,15 @@ from typing import Any
 
 import aiohttp
 
-from aiplane.dev.kwok_nodes import EXTERNAL_READINESS, READINESS_ANNOTATION
+from aiplane.dev.kwok_nodes import (
+    EXTERNAL_READINESS,
+    EXTERNAL_TERMINATION,
+    READINESS_ANNOTATION,
+    TERMINATION_ANNOTATION,
+)
 from aiplane.engines.llamacpp import llama_server_binary
 from aiplane.engines.sources import resolve_local
+from aiplane.errors import KubernetesError
 from aiplane.runtime.kubernetes.client import Kube, resource_path
 
 log = logging.getLogger(__name__)
@@ -77,6 +101,8 @@ API_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 1.0
 STOP_TIMEOUT_S = 5.0
 KILL_WAIT_S = 3.0
+DEFAULT_GRACE_S = 30.0  # the pod spec's default terminationGracePeriodSeconds
+MIN_GRACE_AFTER_HOOK_S = 2.0  # the kubelet's minimumGracePeriodInSeconds after a preStop hook
 PR_SET_PDEATHSIG = 1
 
 Manifest = dict[str, Any]
@@ -100,7 +126,12 @@ class Engine:
     probe: Probe
     started_at: float = field(default_factory=time.monotonic)
     ready_at: float | None = None  # first healthy probe
-    stopped_at: float | None = None  # when the stand-in stopped it (None: still running or crashed)
+    stopped_at: float | None = None  # when the stand-in began to stop it (None: still running or crashed)
+    terminating_at: float | None = None  # when it saw the pod's deletionTimestamp
+    sigterm_at: float | None = None  # when it sent SIGTERM (after the preStop sleep)
+    kill_at: float | None = None  # when SIGKILL is (or was) due: the end of the grace period
+    sigkilled: bool = False  # the grace period ran out
+    exited_at: float | None = None  # when the stand-in saw the process gone
     reported_ready: bool | None = None  # what the pod's status says as far as we last wrote it
     ready_before_start: bool = False  # KWOK had already marked the pod Ready (no annotation)
     observed: list[bool] = field(default_factory=list)  # the pod's Ready, each change as seen
@@ -243,6 +274,24 @@ def wants_engine(pod: Manifest) -> bool:
     )
 
 
+def terminating(pod: Manifest) -> bool:
+    return pod["metadata"].get("deletionTimestamp") is not None
+
+
+def prestop_sleep_s(pod: Manifest) -> float:
+    """The server container's ``lifecycle.preStop.sleep.seconds`` (0 without one)."""
+    hook = ((_server_container(pod).get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
+    return float(hook.get("seconds") or 0)
+
+
+def grace_period_s(pod: Manifest) -> float:
+    """What the kubelet gives a deleted pod: ``deletionGracePeriodSeconds``, else the spec's."""
+    grace = pod["metadata"].get("deletionGracePeriodSeconds")
+    if grace is None:
+        grace = pod["spec"].get("terminationGracePeriodSeconds")
+    return float(DEFAULT_GRACE_S if grace is None else grace)
+
+
 def pod_ready(pod: Manifest) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
@@ -274,6 +323,8 @@ class KubeletStandIn:
         self.errors: list[str] = []  # pods it could not run, API failures
         self._unrunnable: set[str] = set()  # pod uids already reported in errors
         self._stops: list[asyncio.Task[None]] = []
+        self._terminations: dict[str, asyncio.Task[None]] = {}  # pod uid -> its termination
+        self._claimed: dict[str, str] = {}  # pod uid -> name: pods annotated for us to terminate
         self._http: aiohttp.ClientSession | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -288,9 +339,11 @@ class KubeletStandIn:
                 yield self
             finally:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                for t in self._terminations.values():
+                    t.cancel()
+                await asyncio.gather(task, *self._terminations.values(), return_exceptions=True)
                 await asyncio.gather(*self._stops, *(self._stop(e) for e in self.engines.values()))
+                await asyncio.gather(*(self._release(uid, name) for uid, name in self._claimed.items()))
                 self._http = None
 
     async def _loop(self) -> None:
@@ -309,14 +362,20 @@ class KubeletStandIn:
         pods = await asyncio.wait_for(
             self.kube.list("v1", "Pod", self.namespace, self.selector), API_TIMEOUT_S
         )
-        wanted = {p["metadata"]["uid"]: p for p in pods if wants_engine(p)}
+        listed = {p["metadata"]["uid"]: p for p in pods}
+        wanted = {uid: p for uid, p in listed.items() if wants_engine(p)}
+        for uid, pod in listed.items():
+            if terminating(pod) and uid in self._claimed and uid not in self._terminations:
+                # Ours to finish: its engine (if any) runs the kubelet's sequence, then the
+                # pod is removed. Beside the loop: it takes the preStop sleep and more.
+                self._terminations[uid] = asyncio.create_task(self._terminate(pod, self.engines.get(uid)))
         for uid, gone in self.engines.items():
-            if uid not in wanted and gone.stopped_at is None:
+            if uid not in wanted and gone.stopped_at is None and uid not in self._terminations:
                 gone.stopped_at = time.monotonic()  # a stop runs beside the loop: it takes seconds
                 self._stops.append(asyncio.create_task(self._stop(gone)))
         for uid, pod in wanted.items():
             engine = self.engines.get(uid)
-            if engine is None and not self._address_busy(pod):
+            if engine is None and not self._address_busy(pod) and await self._claim(pod):
                 engine = self._start(pod)
             if engine is not None:
                 if not engine.observed or engine.observed[-1] is not pod_ready(pod):
@@ -329,6 +388,36 @@ class KubeletStandIn:
         reach the old one. On a node each pod has its own network namespace instead."""
         ip = pod["status"]["podIP"]
         return any(e.ip == ip and e.running for e in self.engines.values())
+
+    async def _claim(self, pod: Manifest) -> bool:
+        """Annotate the pod so that KWOK leaves its deletion to us (see the module doc)."""
+        uid, name = pod["metadata"]["uid"], pod["metadata"]["name"]
+        if uid in self._claimed or uid in self._unrunnable:
+            return uid in self._claimed
+        try:
+            await self._annotate(uid, name, EXTERNAL_TERMINATION)
+        except KubernetesError as exc:
+            if exc.status in (404, 409):  # gone, or another pod under that name: next pass decides
+                return False
+            raise
+        self._claimed[uid] = name
+        return True
+
+    async def _annotate(self, uid: str, name: str, value: str | None) -> None:
+        """Set (or, with None, remove) our annotation; the UID in the patch is a precondition."""
+        patch = {"metadata": {"uid": uid, "annotations": {TERMINATION_ANNOTATION: value}}}
+        call = self.kube.patch_merge("v1", "Pod", name, self.namespace, patch)
+        await asyncio.wait_for(call, API_TIMEOUT_S)
+
+    async def _release(self, uid: str, name: str) -> None:
+        """Take our annotation off (teardown): KWOK removes the pod at once if it is deleted."""
+        try:
+            await self._annotate(uid, name, None)
+        except KubernetesError as exc:
+            if exc.status not in (404, 409):
+                self.errors.append(f"release {name}: {exc}")
+        except TimeoutError:
+            self.errors.append(f"release {name}: no answer in {API_TIMEOUT_S}s")
 
     def _start(self, pod: Manifest) -> Engine | None:
         name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
@@ -416,6 +505,58 @@ class KubeletStandIn:
         engine.reported_ready = ready
         log.info("kubelet stand-in: %s Ready=%s%s", engine.pod, status, " (exited)" if dead else "")
 
+    async def _terminate(self, pod: Manifest, engine: Engine | None) -> None:
+        """The kubelet's sequence for a deleted pod: preStop sleep, SIGTERM, SIGKILL when the
+        grace period ends; then remove the pod (grace 0, UID precondition)."""
+        uid, name = pod["metadata"]["uid"], pod["metadata"]["name"]
+        if engine is not None and engine.running:
+            seen = time.monotonic()
+            engine.stopped_at = engine.stopped_at or seen
+            engine.terminating_at = seen
+            kill_at = seen + grace_period_s(pod)
+            hook_end = min(seen + prestop_sleep_s(pod), kill_at)
+            engine.kill_at = max(kill_at, hook_end + MIN_GRACE_AFTER_HOOK_S) if hook_end > seen else kill_at
+            log.info(
+                "kubelet stand-in: %s terminating: preStop %.0fs, SIGKILL in %.0fs",
+                name,
+                hook_end - seen,
+                engine.kill_at - seen,
+            )
+            await asyncio.sleep(max(0.0, hook_end - time.monotonic()))  # the hook runs to its end
+            if engine.running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(engine.proc.pid, signal.SIGTERM)
+                engine.sigterm_at = time.monotonic()
+            while engine.running and time.monotonic() < engine.kill_at:
+                await asyncio.sleep(0.05)
+            if engine.running:
+                engine.sigkilled = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(engine.proc.pid, signal.SIGKILL)
+                await asyncio.to_thread(engine.proc.wait, KILL_WAIT_S)
+            engine.exited_at = time.monotonic()
+            log.info(
+                "kubelet stand-in: %s exited %s, %.1fs after SIGTERM%s",
+                name,
+                engine.proc.returncode,
+                engine.exited_at - (engine.sigterm_at or engine.exited_at),
+                " (SIGKILL: grace period over)" if engine.sigkilled else "",
+            )
+        elif engine is not None:
+            engine.stopped_at = engine.stopped_at or time.monotonic()
+            engine.exited_at = engine.exited_at or time.monotonic()
+        body = {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
+        path = resource_path("v1", "Pod", name, self.namespace)
+        try:
+            await asyncio.wait_for(self.kube.request("DELETE", path, body), API_TIMEOUT_S)
+        except (KubernetesError, TimeoutError) as exc:
+            if getattr(exc, "status", None) not in (404, 409):  # 404/409: already gone
+                self.errors.append(f"remove {name}: {type(exc).__name__}: {exc}")
+                self._terminations.pop(uid, None)  # the next pass tries again
+                return
+        self._claimed.pop(uid, None)
+        log.info("kubelet stand-in: removed pod %s", name)
+
     async def _stop(self, engine: Engine) -> None:
         """SIGTERM to the process group, SIGKILL after ``stop_timeout``; bounded either way."""
         if engine.stopped_at is None:
@@ -431,6 +572,7 @@ class KubeletStandIn:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(engine.proc.pid, signal.SIGKILL)
             await asyncio.to_thread(engine.proc.wait, KILL_WAIT_S)
+        engine.exited_at = engine.exited_at or time.monotonic()
         log.info("kubelet stand-in: stopped %s (exit %s)", engine.pod, engine.proc.returncode)
 
     # -- what tests wait on -------------------------------------------------------------

@@ -234,3 +234,16 @@ def test_a_surge_is_limited_to_double_the_ready_replicas_or_four_more() -> None:
         AutoscalerState(),  # type: ignore[arg-type]
     )[0]
     assert got.replicas == 5
+
+
+def test_one_request_held_at_zero_starts_one_replica_not_a_trend() -> None:
+    """From zero the window goes 0, 0, ..., 1: a step, not a rise to extrapolate over the
+    (assumed 30 s) cold start."""
+    policy, state = autoscaler_for("concurrency"), AutoscalerState()
+    ctx = {"target": 1.0, "min": 0, "max": 4, "stable_window": 4.0, "panic_window": 2.0, "look_ahead": True}
+    for t in range(10):
+        scale, state = decide(policy, scale_context(now=t, current=0, **ctx), state)  # type: ignore[arg-type]
+    scale, state = decide(policy, scale_context(now=10, current=0, held=1, **ctx), state)  # type: ignore[arg-type]
+    assert scale.replicas == 1
+    scale, state = decide(policy, scale_context(now=11, current=1, ready=0, held=1, **ctx), state)  # type: ignore[arg-type]
+    assert scale.replicas == 1

@@ -193,6 +193,24 @@ def test_replicas_follow_scale_within_the_bounds() -> None:
     assert replicas("replicas: {min: 2, max: 4, desired: 0}") == 2
 
 
+def test_the_grace_period_drains_a_request_timeout_after_the_prestop_sleep() -> None:
+    """The kubelet counts the grace period from the deletion, preStop included: after the
+    10 s sleep (endpoints drop the pod meanwhile) a stream has its request timeout to end."""
+
+    def drain(timeouts: str) -> tuple[int, dict[str, Any]]:
+        model = one(
+            "kind: Model\nmetadata: {name: m}\n"
+            f"spec: {{engine: llamacpp, source: pkg://p/m.gguf, timeouts: {{{timeouts}}}}}\n"
+        )
+        pod = by_kind(lower_model(model, "default"))["Deployment"]["spec"]["template"]["spec"]
+        return pod["terminationGracePeriodSeconds"], pod["containers"][0]["lifecycle"]
+
+    prestop = {"preStop": {"sleep": {"seconds": 10}}}  # the kubelet's own sleep: no shell in the image
+    assert drain("request: 60s") == (10 + 60, prestop)
+    assert drain("request: 90.5s") == (10 + 91, prestop)  # rounded up, never short
+    assert drain("request: 2h") == (10 + 600, prestop)  # capped: a node drain must not wait hours
+
+
 def test_a_cpu_model_lowers_to_the_textbook_hpa_and_leaves_replicas_to_it() -> None:
     model = one(
         "kind: Model\nmetadata: {name: m}\nspec: {engine: llamacpp, source: pkg://p/m.gguf,"
