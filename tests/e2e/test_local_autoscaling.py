@@ -62,7 +62,7 @@ def test_load_scales_one_to_three_and_back_and_every_stream_completes(tmp_path: 
         watcher.start()
         # Streams of very different lengths: the short ones end, demand falls, replicas
         # drain while the long ones still stream.
-        results = stream_all(plane, "elastic", [16, 16, 16, 32, 240, 240])
+        results = stream_all(plane, "elastic", [16, 16, 16, 32, 1200, 1200])
         done.set()
         watcher.join()
         # 6 requests for a target of 1 each, capped at max 3; none dropped, every stream whole.

@@ -247,3 +247,15 @@ def test_one_request_held_at_zero_starts_one_replica_not_a_trend() -> None:
     assert scale.replicas == 1
     scale, state = decide(policy, scale_context(now=11, current=1, ready=0, held=1, **ctx), state)  # type: ignore[arg-type]
     assert scale.replicas == 1
+
+
+def test_the_step_from_idle_to_one_request_is_not_extrapolated() -> None:
+    """Idle, then one request on the one ready replica: least squares over the window sees
+    a rise, but it is a step; one replica is enough."""
+    policy, state = autoscaler_for("concurrency"), AutoscalerState()
+    ctx = {"target": 1.0, "min": 0, "max": 4, "stable_window": 4.0, "panic_window": 2.0, "look_ahead": True}
+    for t in range(4):
+        scale, state = decide(policy, scale_context(now=t, current=1, **ctx), state)  # type: ignore[arg-type]
+    for t in (4.0, 4.5, 5.0, 5.5, 6.0):
+        scale, state = decide(policy, scale_context(now=t, current=1, in_flight=1, **ctx), state)  # type: ignore[arg-type]
+        assert scale.replicas == 1, t

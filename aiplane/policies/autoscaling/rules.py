@@ -66,9 +66,11 @@ def decide(
     recent = [v for t, v in window if now - t < cfg.panic_window] or [raw.replicas]
     panic = sum(recent) / len(recent)
     up, reason = max(stable, panic), raw.reason
-    if cfg.look_ahead and ctx.ready > 0 and now - window[0][0] >= cfg.stable_window / 2:
+    busy_all_window = all(v > 0 for _, v in window)
+    if cfg.look_ahead and ctx.ready > 0 and busy_all_window and now - window[0][0] >= cfg.stable_window / 2:
         # A trend needs half a window of history (three samples 0.5 s apart are not one),
-        # and a serving replica: the step from nothing to a held request is not a trend.
+        # load all through it and a serving replica: the step from idle to a first
+        # request is not a rise to extrapolate over a cold start.
         rise = _slope(window) * cold_start
         if rise > 0 and _ceil(up + rise) > _ceil(up):
             up += rise
