@@ -172,6 +172,11 @@ async def test_chat_and_stream_reach_llama_server_on_the_pod_ip(
         text, chunks, streamed = await asyncio.to_thread(stream)
         assert text and chunks > 1 and streamed > 0, (text, chunks, streamed)
 
+        async def hinted() -> bool:  # the routers see llama-server's own queue, by pod name
+            return discovery.engine_hint(engine.pod)[0] is not None
+
+        await eventually(hinted, 5, f"an engine hint for {engine.pod}")
+
     # Both answers came from the llama-server the stand-in bound to the pod's IP (and only
     # there: it listens on nothing else): its own counter moved by exactly their tokens.
     async with aiohttp.ClientSession() as http:

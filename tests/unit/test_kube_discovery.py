@@ -8,15 +8,20 @@ control plane.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from aiplane.engines import default_registry
 from aiplane.engines.base import CHAT, EMBED
 from aiplane.errors import ValidationError
 from aiplane.gateway.discovery import Upstream
+from aiplane.runtime.kubernetes import discovery as kube_discovery
 from aiplane.runtime.kubernetes.discovery import SLICE_SELECTOR, KubernetesDiscovery
 from aiplane.runtime.kubernetes.routes import (
     ModelKey,
@@ -399,3 +404,109 @@ async def test_a_request_held_at_zero_replicas_scales_the_model_to_one_through_s
     skew[0] += 10.0
     assert await discovery.wait_for_upstreams("m", 0.05) == []
     assert len(kube.patches) == 2
+
+
+# -- engine hints ----------------------------------------------------------------------
+LLAMA_METRICS = """# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.
+# TYPE llamacpp:prompt_tokens_total counter
+llamacpp:prompt_tokens_total 96
+# HELP llamacpp:tokens_predicted_total Number of generation tokens processed.
+# TYPE llamacpp:tokens_predicted_total counter
+llamacpp:tokens_predicted_total 40
+# HELP llamacpp:requests_processing Number of requests processing.
+# TYPE llamacpp:requests_processing gauge
+llamacpp:requests_processing 2
+# HELP llamacpp:requests_deferred Number of requests deferred.
+# TYPE llamacpp:requests_deferred gauge
+llamacpp:requests_deferred 3
+"""
+VLLM_METRICS = """# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="m"} 5.0
+# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25
+"""
+
+
+@contextlib.asynccontextmanager
+async def metrics_server(text: str, delay: float = 0.0) -> AsyncIterator[int]:
+    """An engine's ``/metrics`` on 127.0.0.1; yields its port."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        await asyncio.sleep(delay)
+        return web.Response(text=text, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    async with TestServer(app, host="127.0.0.1") as server:
+        assert server.port is not None
+        yield server.port
+
+
+def http_port(port: int) -> list[dict[str, Any]]:
+    return [{"name": "http", "port": port, "protocol": "TCP"}]
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_engine_hints_are_scraped_from_ready_pods_and_forgotten_when_they_leave(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kube_discovery, "SCRAPE_TIMEOUT_S", 0.3)
+    kube = FakeKube()
+    kube.models = [model_body("llama", engine="llamacpp"), model_body("big", engine="vllm"),
+                   model_body("slow", engine="llamacpp")]  # fmt: skip
+    async with (
+        metrics_server(LLAMA_METRICS) as llama,
+        metrics_server(VLLM_METRICS) as vllm,
+        metrics_server(LLAMA_METRICS, delay=10.0) as slow,  # hangs: must not hold up the others
+    ):
+        kube.slices = [
+            eps("llama", endpoint("127.0.0.1", "llama-a"), ports=http_port(llama)),
+            eps("big", endpoint("127.0.0.1", "big-a"), ports=http_port(vllm)),
+            eps("slow", endpoint("127.0.0.1", "slow-a"), ports=http_port(slow)),
+        ]
+        discovery = KubernetesDiscovery(kube, "ns", interval=0.02, scrape_every=0.05)
+        async with discovery.running():
+            # Keyed by the replica id the gateway builds each ReplicaLoad with.
+            assert [u.replica_id for u in discovery.upstreams("llama")] == ["llama-a"]
+            await until(lambda: discovery.engine_hint("llama-a") != (None, None), 2.0)
+            assert discovery.engine_hint("llama-a") == (3.0, None)  # llama-server exports no KV gauge
+            assert discovery.engine_hint("big-a") == (5.0, 0.25)
+            assert discovery.engine_hint("slow-a") == (None, None)  # timed out: unknown, not stale
+            assert discovery.engine_hint("nobody") == (None, None)
+
+            kube.slices = kube.slices[1:]  # llama-a left its slice
+            await until(lambda: discovery.engine_hint("llama-a") == (None, None), 2.0)
+            assert discovery.upstreams("llama") == []
+            assert discovery.engine_hint("big-a") == (5.0, 0.25)
+        assert discovery.engine_hint("big-a") == (None, None)  # nothing outlives running()
+
+
+async def test_engines_that_export_no_load_gauges_are_not_scraped() -> None:
+    hits = 0
+
+    async def metrics(_: web.Request) -> web.Response:
+        nonlocal hits
+        hits += 1
+        return web.Response(text=LLAMA_METRICS)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    kube = FakeKube()
+    kube.models = [model_body("py", engine="llamacpp-python"), model_body("own", engine="custom", image="x")]
+    async with TestServer(app, host="127.0.0.1") as server:
+        assert server.port is not None
+        kube.slices = [eps("py", endpoint("127.0.0.1", "py-a"), ports=http_port(server.port)),
+                       eps("own", endpoint("127.0.0.1", "own-a"), ports=http_port(server.port))]  # fmt: skip
+        discovery = KubernetesDiscovery(kube, "ns", scrape_every=0.02)
+        async with discovery.running():
+            await asyncio.sleep(0.2)
+            assert [r.served_name for r in discovery.models()] == ["own", "py"]
+    assert hits == 0

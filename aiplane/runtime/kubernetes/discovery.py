@@ -34,6 +34,17 @@ ready pod, and counts the waiter in :meth:`demand` (the gateway's
 autoscaler). A Model at zero replicas is scaled to one through its ``/scale`` at once
 (``_scale_from_zero``), so nothing waits for the autoscaler's next look; a request
 still without a replica after its ``coldStart`` timeout gets 503 with ``Retry-After``.
+
+**Engine hints.** The routers weigh each replica's own engine queue and KV-cache use
+(:meth:`engine_hint`), which only the engine knows. A second background task scrapes
+every routed ready pod's ``/metrics`` (the engine adapter's ``metrics_path``, on the
+slice's ``http`` port, named by its ``MetricNames``) every ``SCRAPE_EVERY`` seconds,
+as the local plane does: all pods at once, each cut off after ``SCRAPE_TIMEOUT_S``,
+so a slow pod answers "unknown" instead of delaying routing, which never waits on a
+scrape. The cost is one GET per ready pod per 2 s per gateway replica, on kept-alive
+connections; engines whose adapter names neither a queue nor a KV gauge are not
+scraped. A hint is at most one round (``SCRAPE_EVERY + SCRAPE_TIMEOUT_S``) old, and a
+pod that leaves the slice is forgotten at the next refresh.
 """
 
 from __future__ import annotations
@@ -44,16 +55,18 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import aiohttp
 
-from aiplane.engines import EngineRegistry, default_registry
+from aiplane.api import Model
+from aiplane.engines import EngineRegistry, MetricNames, default_registry
 from aiplane.errors import AiplaneError, KubernetesError
 from aiplane.gateway.discovery import ModelRoute, Upstream
+from aiplane.runtime.engine_metrics import EngineSample, scrape
 from aiplane.runtime.kubernetes.client import Manifest
 from aiplane.runtime.kubernetes.constants import LABEL_MODEL
-from aiplane.runtime.kubernetes.objects import API
+from aiplane.runtime.kubernetes.objects import API, from_body
 from aiplane.runtime.kubernetes.routes import (
     ModelKey,
     elect,
@@ -75,6 +88,31 @@ REFRESH_TIMEOUT_S = 10.0  # a hung LIST must not freeze the view forever
 MAX_BACKOFF_S = 10.0
 WAIT_SLICE_S = 1.0  # a waiter re-checks at least this often (suspects expire between refreshes)
 WAKE_EVERY_S = 5.0  # a held request asks /scale again if the last ask did not take
+SCRAPE_EVERY = 2.0  # engine metrics, as often as the local plane scrapes them
+SCRAPE_TIMEOUT_S = 1.0  # a pod slower than this reports nothing this round
+SCRAPE_KEEPALIVE_S = 4.0  # under the engines' 5 s idle close, over SCRAPE_EVERY: connections are reused
+
+
+class MetricsTarget(NamedTuple):
+    """Where a Model's pods export their engine's load, and under which names."""
+
+    path: str
+    names: MetricNames
+
+
+class _Parsed(NamedTuple):
+    route: ModelRoute
+    target: MetricsTarget | None
+
+
+def metrics_target(model: Model, engines: EngineRegistry) -> MetricsTarget | None:
+    """The engine's metrics path (the one the lowering annotates its pods with, served on
+    the API port) and names; None if it exports no queue or KV gauge the routers use."""
+    engine = engines.get(model.spec.engine)
+    if not (engine.metrics.waiting or engine.metrics.kv_cache_usage):
+        return None
+    path = engine.container(model, "").probes.metrics_path  # probes do not depend on the path
+    return MetricsTarget(path, engine.metrics) if path else None
 
 
 class Lister(Protocol):
@@ -98,6 +136,7 @@ class KubernetesDiscovery:
         engines: EngineRegistry | None = None,
         interval: float = POLL_INTERVAL_S,
         suspect_for: float = SUSPECT_FOR_S,
+        scrape_every: float = SCRAPE_EVERY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._kube = kube
@@ -105,18 +144,22 @@ class KubernetesDiscovery:
         self._engines = engines or default_registry()
         self._interval = interval
         self._suspect_for = suspect_for
+        self._scrape_every = scrape_every
         self._clock = clock
         self._routes: dict[str, ModelRoute] = {}
         self._owners: dict[str, ModelKey] = {}
         self._ready: dict[ModelKey, list[Upstream]] = {}
         self._suspects: dict[Upstream, float] = {}
-        self._parsed: dict[tuple[str, str], ModelRoute | None] = {}  # (uid, generation) -> route
+        self._parsed: dict[tuple[str, str], _Parsed | None] = {}  # (uid, generation) -> route
+        self._targets: dict[ModelKey, MetricsTarget | None] = {}
+        self._engine: dict[str, tuple[Upstream, EngineSample]] = {}  # replica id -> last sample
         self._conflicts: set[str] = set()
         self._waiting: Counter[str] = Counter()
         self._replicas: dict[ModelKey, int] = {}  # each Model's spec.replicas.count()
         self._woken: dict[ModelKey, float] = {}  # when this gateway last scaled it from zero
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._scraper: asyncio.Task[None] | None = None
 
     # -- the Discovery protocol ---------------------------------------------------
     def models(self) -> list[ModelRoute]:
@@ -191,6 +234,12 @@ class KubernetesDiscovery:
         self._replicas[owner] = 1
 
     # -- what the Kubernetes gateway adds -------------------------------------------
+    def engine_hint(self, replica_id: str) -> tuple[float | None, float | None]:
+        """A pod's last engine report (waiting, KV use) by its replica id, for the
+        gateway's routers; (None, None) for a pod not scraped (yet) or not reporting."""
+        got = self._engine.get(replica_id)
+        return (got[1].waiting, got[1].kv_cache) if got else (None, None)
+
     def demand(self) -> dict[str, int]:
         """Requests waiting for a first ready replica, by served name (for scale-from-zero)."""
         return {name: n for name, n in self._waiting.items() if n > 0}
@@ -212,33 +261,82 @@ class KubernetesDiscovery:
         self._ready = upstreams_by_model(slices)
         now = self._clock()
         self._suspects = {u: until for u, until in self._suspects.items() if until > now}
+        scraped = {u for u, _, _ in self._scrape_jobs()}
+        self._engine = {rid: got for rid, got in self._engine.items() if got[0] in scraped}
         self._notify()
 
     def _candidates(self, models: list[Manifest]) -> list[tuple[ModelKey, ModelRoute]]:
-        """Routes of the listed Models, parsed once per spec generation; bad ones skipped."""
-        parsed: dict[tuple[str, str], ModelRoute | None] = {}
+        """Routes of the listed Models, parsed once per spec generation; bad ones skipped.
+        Each Model's metrics target is kept alongside, for the scraper."""
+        parsed: dict[tuple[str, str], _Parsed | None] = {}
+        targets: dict[ModelKey, MetricsTarget | None] = {}
         out = []
         for body in models:
             meta = body.get("metadata") or {}
             cache_key = (str(meta.get("uid") or key_of(body)), str(meta.get("generation", "")))
-            if cache_key in self._parsed:
-                route = self._parsed[cache_key]
-            else:
-                try:
-                    route = route_from_body(body, self._engines)
-                except (AiplaneError, ValueError, TypeError) as exc:
-                    log.warning("Model %s is not routed: %s", key_of(body), exc)
-                    route = None
-            parsed[cache_key] = route
-            if route is not None:
-                out.append((key_of(body), route))
+            entry = self._parsed[cache_key] if cache_key in self._parsed else self._parse(body)
+            parsed[cache_key] = entry
+            if entry is not None:
+                out.append((key_of(body), entry.route))
+                targets[key_of(body)] = entry.target
         self._parsed = parsed  # forget deleted Models and old generations
+        self._targets = targets
         return out
+
+    def _parse(self, body: Manifest) -> _Parsed | None:
+        try:
+            route = route_from_body(body, self._engines)
+        except (AiplaneError, ValueError, TypeError) as exc:
+            log.warning("Model %s is not routed: %s", key_of(body), exc)
+            return None
+        try:
+            model = from_body(body)
+            target = metrics_target(model, self._engines) if isinstance(model, Model) else None
+        except (AiplaneError, ValueError, TypeError) as exc:  # routed all the same, without hints
+            log.warning("Model %s: not scraping its engine metrics: %s", key_of(body), exc)
+            target = None
+        return _Parsed(route, target)
 
     def _notify(self) -> None:
         """Wake every waiter: a fresh Event per refresh, so no waiter misses one."""
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    # -- the engine scraper -------------------------------------------------------------
+    def _scrape_jobs(self) -> list[tuple[Upstream, str, MetricNames]]:
+        """(pod, metrics URL, names) for every ready pod of a routed Model that reports load."""
+        jobs = []
+        for key in dict.fromkeys(self._owners.values()):
+            if target := self._targets.get(key):
+                jobs += [(u, u.base_url + target.path, target.names) for u in self._ready.get(key, [])]
+        return jobs
+
+    async def scrape_once(self, session: aiohttp.ClientSession) -> None:
+        """One round: every pod at once, the slowest cut off at ``SCRAPE_TIMEOUT_S``; a pod
+        that left the view while its answer was on the way is not kept."""
+        jobs = self._scrape_jobs()
+        samples = await asyncio.gather(
+            *(scrape(session, url, names, SCRAPE_TIMEOUT_S) for _, url, names in jobs)
+        )
+        still = {u for u, _, _ in self._scrape_jobs()}
+        self._engine = {
+            u.replica_id: (u, sample) for (u, _, _), sample in zip(jobs, samples, strict=True) if u in still
+        }
+
+    async def _scrape(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=SCRAPE_KEEPALIVE_S)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            failing = False
+            while True:
+                try:
+                    await self.scrape_once(session)
+                except Exception:  # the scraper must outlive any one bad round
+                    if not failing:  # once per streak: a bug, not a slow pod (that reads as unknown)
+                        log.exception("scraping engine metrics failed")
+                    failing = True
+                else:
+                    failing = False
+                await asyncio.sleep(self._scrape_every)
 
     # -- the poller --------------------------------------------------------------------
     async def start(self) -> None:
@@ -254,13 +352,17 @@ class KubernetesDiscovery:
         except (aiohttp.ClientError, OSError) as exc:
             raise KubernetesError(f"cannot reach the Kubernetes API server: {exc}") from exc
         self._task = asyncio.create_task(self._poll(), name="kubernetes-discovery")
+        self._scraper = asyncio.create_task(self._scrape(), name="kubernetes-engine-scrape")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
+        tasks = [t for t in (self._task, self._scraper) if t is not None]
+        self._task = self._scraper = None
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._engine = {}
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[KubernetesDiscovery]:

@@ -1,9 +1,10 @@
 """``aiplane gateway`` on Kubernetes: the same OpenAI gateway, routes from the cluster.
 
 The gateway app is :class:`aiplane.gateway.Gateway`, unchanged; only its Discovery
-differs (:class:`KubernetesDiscovery`). The discovery poller lives exactly as long as
-the app (an aiohttp cleanup context), so tests that serve :func:`build_app` in process
-run what the Deployment runs.
+differs (:class:`KubernetesDiscovery`, which also scrapes the engine hints the routers
+weigh). The discovery's poller and scraper live exactly as long as the app (an aiohttp
+cleanup context), so tests that serve :func:`build_app` in process run what the
+Deployment runs.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def build_app(discovery: KubernetesDiscovery, api_keys: frozenset[str] = frozenset()) -> web.Application:
-    """The gateway app with the discovery poller started on startup and stopped on cleanup."""
-    app = Gateway(discovery, config=GatewayConfig(api_keys=api_keys)).app()
+    """The gateway app with the discovery poller started on startup and stopped on cleanup.
+
+    The routers read each pod's engine queue and KV use from the discovery's scrape."""
+    gateway = Gateway(discovery, config=GatewayConfig(api_keys=api_keys), engine_hint=discovery.engine_hint)
+    app = gateway.app()
 
     async def poller(_: web.Application) -> AsyncIterator[None]:
         async with discovery.running():
