@@ -78,7 +78,10 @@ class Autoscaling(Strict):
 
     The windows are Knative KPA's defaults: a 60 s stable window for scale-down and a
     6 s panic window so bursts are answered in seconds. ``lookAhead`` scales for the
-    load expected one cold start from now while load rises.
+    load expected one cold start from now while load rises. ``headroom`` keeps spare
+    replicas while the model serves (1.5 x max(1, sqrt(load)), square-root staffing):
+    bursts come faster than a GPU server's cold start, so they land on the replicas that
+    exist; 0 runs exactly the load.
     """
 
     metric: AutoscalingMetric = "concurrency"
@@ -94,6 +97,13 @@ class Autoscaling(Strict):
     stable_window: Duration = Field(default="60s", alias="stableWindow")
     panic_window: Duration = Field(default="6s", alias="panicWindow")
     look_ahead: bool = Field(default=True, alias="lookAhead")
+    headroom: float = Field(
+        default=1.5,
+        ge=0,
+        le=10,
+        description="spare replicas while serving, headroom x max(1, sqrt(load in replicas)); "
+        "only when a replica takes longer than panicWindow to start; 0: none",
+    )
 
     @model_validator(mode="after")
     def _fraction_targets(self) -> Autoscaling:

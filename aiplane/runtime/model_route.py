@@ -60,5 +60,6 @@ def autoscaling_config(model: Model, engines: EngineRegistry) -> AutoscalingConf
         stable_window=parse_duration(spec.autoscaling.stable_window),
         panic_window=parse_duration(spec.autoscaling.panic_window),
         look_ahead=spec.autoscaling.look_ahead,
+        headroom=spec.autoscaling.headroom,
         replica_concurrency=concurrency,
     )

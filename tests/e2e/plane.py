@@ -32,6 +32,7 @@ def model_yaml(
     cold_start: str = "60s",
     metric: str = "concurrency",
     stable_window: str = "60s",
+    headroom: float = 0,  # the tests count replicas: no spare unless one asks
     extra: str = "",
 ) -> str:
     return f"""\
@@ -44,7 +45,8 @@ spec:
   replicas: {{min: {min_replicas}, max: {max_replicas}}}
   autoscaling:
     {{metric: {metric}, target: {target}, scaleToZeroAfter: {scale_to_zero_after},
-      scaleDownDelay: {scale_down_delay}, stableWindow: {stable_window}, panicWindow: 2s}}
+      scaleDownDelay: {scale_down_delay}, stableWindow: {stable_window}, panicWindow: 2s,
+      headroom: {headroom}}}
   timeouts: {{coldStart: {cold_start}}}
 {extra}"""
 

@@ -45,7 +45,7 @@ def elastic_yaml(name: str, served: str) -> str:
         served,
         replicas="{min: 0, max: 2}",
         autoscaling="{metric: concurrency, target: 1, scaleToZeroAfter: 8s, scaleDownDelay: 1s, "
-        "stableWindow: 4s, panicWindow: 2s}",
+        "stableWindow: 4s, panicWindow: 2s, headroom: 0}",  # counts replicas: no spare
         timeouts="{coldStart: 90s}",
     )
 

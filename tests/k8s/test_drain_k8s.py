@@ -18,7 +18,7 @@ autoscaler writes) while they stream. Then:
 
 The autoscaler stays out of the way: it would want one replica (a target of 1000
 requests each) but holds two for its ``scaleDownDelay`` of an hour, and with
-``lookAhead`` off a rising load never asks for more.
+``lookAhead`` off and ``headroom: 0`` a rising load never asks for more.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def model_yaml(name: str, served: str) -> str:
         contextLength=str(CONTEXT),
         args='["--threads", "1"]',  # two engines on two cores: no spinning threads fighting
         replicas="{min: 1, max: 2, desired: 2}",
-        autoscaling="{metric: concurrency, target: 1000, scaleDownDelay: 1h, lookAhead: false}",
+        autoscaling="{metric: concurrency, target: 1000, scaleDownDelay: 1h, lookAhead: false, headroom: 0}",
         timeouts=f"{{request: {REQUEST_TIMEOUT_S}s}}",
     )
 

@@ -145,6 +145,7 @@ def scale_context(
     ready: int | None = None,
     metric: str = "concurrency",
     replica_concurrency: int | None = None,
+    headroom: float = 0.0,
     **signals: float | None,
 ) -> AutoscalingContext:
     """A context; by default without windows or look-ahead (each decision on its own load),
@@ -171,6 +172,7 @@ def scale_context(
             look_ahead=look_ahead,
             cold_start=cold_start,
             replica_concurrency=replica_concurrency,
+            headroom=headroom,
         ),
         ready_replicas=ready,
     )

@@ -107,6 +107,7 @@ def test_defaults_fill_a_minimal_model() -> None:
     assert (spec.replicas.min, spec.replicas.max, spec.resources.gpus) == (1, 1, 0)
     assert (spec.autoscaling.metric, spec.autoscaling.target) == ("concurrency", None)
     assert spec.autoscaling.target_for(4) == 4.0 and spec.autoscaling.target_for(None) == 8.0
+    assert spec.autoscaling.headroom == 1.5
     assert (spec.timeouts.cold_start, spec.timeouts.request) == ("120s", "600s")
 
 
@@ -133,6 +134,11 @@ def test_defaults_fill_a_minimal_model() -> None:
             model_with("replicas: {min: 3, max: 2}"),
             "model.yaml: Model/smollm2: spec.replicas: max must be >= min (got min=3, max=2)",
             id="max-below-min",
+        ),
+        pytest.param(
+            model_with("autoscaling: {headroom: -1}"),
+            "model.yaml: Model/smollm2: spec.autoscaling.headroom: must be >= 0 (got -1)",
+            id="negative-headroom",
         ),
         pytest.param(
             model_with("replica: 3"),

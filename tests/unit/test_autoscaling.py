@@ -175,3 +175,38 @@ def test_concurrency_recommendation_alone_ignores_bounds() -> None:
 def test_a_request_held_at_zero_starts_one_replica_at_once() -> None:
     scale, _ = decide(POLICY, scale_context(now=0.0, current=0, held=1, target=4), AutoscalerState())
     assert scale.replicas == 1
+
+
+@pytest.mark.parametrize(
+    ("ctx", "want"),
+    [
+        # load 0.25 replicas: at least `headroom` (1.5) spare -> ceil(1.75)
+        pytest.param({"in_flight": 1, "target": 4}, 2, id="one-request-gets-a-spare"),
+        # load 16: 1.5 x sqrt(16) = 6 spare
+        pytest.param({"current": 16, "in_flight": 64, "target": 4, "max": 32}, 22, id="square-root-at-scale"),
+        # load 100 over target 1 = 100: 15 spare, but max 32 bounds it
+        pytest.param({"current": 16, "in_flight": 100, "max": 32}, 32, id="bounded-by-max"),
+        pytest.param({"in_flight": 0, "min": 1}, 1, id="no-load-no-spare"),
+        # the first replica serves what is held: no spare while none is ready
+        pytest.param({"current": 0, "held": 1}, 1, id="none-while-starting-from-zero"),
+        pytest.param({"current": 1, "ready": 0, "in_flight": 1}, 1, id="none-while-none-ready"),
+        # a replica that starts within the panic window answers a burst as fast as a spare
+        pytest.param({"in_flight": 1, "measured_cold_start": 1.0}, 1, id="none-for-a-fast-start"),
+    ],
+)
+def test_headroom_keeps_square_root_spare_replicas_while_serving(ctx: dict[str, float], want: int) -> None:
+    base = {"target": 1.0, "headroom": 1.5, "panic_window": 6.0, "cold_start": 60.0}
+    assert replicas(**{**base, **ctx}) == want
+
+
+def test_headroom_says_why_and_is_held_through_the_scale_down_delay() -> None:
+    state = AutoscalerState()
+    ctx = {"target": 4.0, "headroom": 1.5, "panic_window": 6.0, "cold_start": 60.0, "scale_down_delay": 30.0}
+    scale, state = decide(POLICY, scale_context(now=0.0, current=1, in_flight=4, **ctx), state)  # type: ignore[arg-type]
+    assert scale.replicas == 3  # load 1 + 1.5 spare
+    assert "+1.50 headroom for bursts within a 60s cold start" in scale.reason
+    # Load gone: the spare goes with it, but only after the delay, as any replica does.
+    scale, state = decide(POLICY, scale_context(now=10.0, current=3, in_flight=0, min=1, **ctx), state)  # type: ignore[arg-type]
+    assert scale.replicas == 3
+    scale, state = decide(POLICY, scale_context(now=31.0, current=3, in_flight=0, min=1, **ctx), state)  # type: ignore[arg-type]
+    assert scale.replicas == 1

