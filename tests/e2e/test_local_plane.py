@@ -348,6 +348,14 @@ def test_apply_update_and_delete_against_a_running_plane(tmp_path: Path) -> None
             .choices
         )
 
+        # New bounds and autoscaling apply in place: the same process keeps serving.
+        bounds = write(tmp_path, "bounds.yaml", model_yaml("base", max_replicas=2, target=8))
+        out = subprocess.run([*cli, "apply", "-f", str(bounds)], env=env, capture_output=True, text=True)
+        assert "model/base configured" in out.stdout
+        time.sleep(2)  # several reconcile ticks
+        (same,) = plane.replicas("base")
+        assert (same.pid, same.generation, same.state) == (old.pid, 1, "Ready")
+
         # A spec change rolls the replica: a new process of the new generation replaces the old.
         changed = write(
             tmp_path, "base2.yaml", model_yaml("base").replace("spec:\n", "spec:\n  contextLength: 1024\n")

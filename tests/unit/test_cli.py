@@ -102,7 +102,10 @@ def test_apply_changed_file_is_configured(home: Path, tmp_path: Path) -> None:
     aiplane("apply", "-f", str(write(path, model("m").yaml())))
     result = aiplane("apply", "-f", str(write(path, model("m").replicas(0, 5).yaml())))
     assert result.stdout.strip() == "model/m configured"
-    assert Store(db_path(home)).resources()[0].generation == 2
+    assert Store(db_path(home)).resources()[0].generation == 1  # bounds change in place
+    result = aiplane("apply", "-f", str(write(path, model("m").replicas(0, 5).gpus(1).yaml())))
+    assert result.stdout.strip() == "model/m configured"
+    assert Store(db_path(home)).resources()[0].generation == 2  # what runs changed: a rollout
 
 
 def test_delete_missing_model_is_not_found(home: Path) -> None:

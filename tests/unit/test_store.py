@@ -42,15 +42,27 @@ def test_apply_creates_then_is_unchanged_then_configured(store: Store) -> None:
     assert store.apply(model("m").build()) == "unchanged"
     assert store.resources("Model")[0].generation == 1
 
-    assert store.apply(model("m").replicas(0, 4).build()) == "configured"
+    assert store.apply(model("m").gpus(1).build()) == "configured"
     (stored,) = store.resources("Model")
     assert stored.generation == 2
     assert isinstance(stored.resource, Model)
-    assert stored.resource.spec.replicas.max == 4
+    assert stored.resource.spec.resources.gpus == 1
 
-    assert store.apply(model("m").replicas(0, 4).build()) == "unchanged"
-    assert store.apply(model("m").replicas(0, 5).build()) == "configured"
+    assert store.apply(model("m").gpus(1).build()) == "unchanged"
+    assert store.apply(model("m").gpus(2).build()) == "configured"
     assert store.resources("Model")[0].generation == 3
+
+
+def test_bounds_autoscaling_and_routing_change_in_place_without_a_new_generation(store: Store) -> None:
+    """The generation is what replicas run: a new one rolls them, so scaling must not."""
+    assert store.apply(model("m").build()) == "created"
+    assert store.apply(model("m").replicas(0, 5).build()) == "configured"
+    (stored,) = store.resources("Model")
+    assert stored.generation == 1 and isinstance(stored.resource, Model)
+    assert stored.resource.spec.replicas.max == 5  # the new bounds are stored all the same
+    assert store.apply(model("m").replicas(0, 5).build()) == "unchanged"
+    assert store.apply(model("m").gpus(1).build()) == "configured"  # what runs: a rollout
+    assert store.resources("Model")[0].generation == 2
 
 
 def test_apply_keeps_the_creation_time(store: Store) -> None:
@@ -166,7 +178,7 @@ def test_two_stores_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
     assert [s.resource.name for s in plane.resources()] == ["m"]
     plane.put_replica(replica("m-1"))
     assert [r.id for r in cli.replicas()] == ["m-1"]
-    assert plane.apply(model("m").replicas(0, 3).build()) == "configured"
+    assert plane.apply(model("m").gpus(1).build()) == "configured"
     assert cli.resources()[0].generation == 2
     assert cli.delete("Model", "m") is True
     assert plane.resources() == []

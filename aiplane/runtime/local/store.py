@@ -101,6 +101,16 @@ class JobStatusRow:
     updated: float
 
 
+# Fields the plane applies to running replicas as they are: changing them rolls none.
+IN_PLACE: dict[str, tuple[str, ...]] = {"Model": ("replicas", "autoscaling", "routing")}
+
+
+def _template(kind: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a resource's replicas run: its manifest without the in-place fields."""
+    spec = {k: v for k, v in (manifest.get("spec") or {}).items() if k not in IN_PLACE.get(kind, ())}
+    return {**manifest, "spec": spec}
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -128,7 +138,12 @@ class Store:
 
     # -- desired state -------------------------------------------------------------
     def apply(self, resource: AnyResource) -> str:
-        """Create or update; returns 'created', 'configured' or 'unchanged' like kubectl."""
+        """Create or update; returns 'created', 'configured' or 'unchanged' like kubectl.
+
+        The generation is the version of what the replicas run: a change to a Model's
+        ``IN_PLACE`` fields alone (its bounds, autoscaling, routing) is applied to the
+        running replicas without a new generation, so no rollout restarts them (as
+        scaling a Deployment or editing its HPA rolls no pods)."""
         manifest = json.dumps(resource.to_manifest(), sort_keys=True)
         now = time.time()
         with self._tx() as db:
@@ -144,9 +159,11 @@ class Store:
                 return "created"
             if row[0] == manifest:
                 return "unchanged"
+            kind = resource.kind
+            rolls = _template(kind, json.loads(row[0])) != _template(kind, json.loads(manifest))
             db.execute(
                 "UPDATE resources SET manifest=?, generation=?, updated=? WHERE kind=? AND name=?",
-                (manifest, row[1] + 1, now, resource.kind, resource.name),
+                (manifest, row[1] + 1 if rolls else row[1], now, resource.kind, resource.name),
             )
             return "configured"
 
