@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,3 +181,20 @@ def live_pods_on(cluster: K8sCluster, node_prefix: str) -> list[str]:
         for p in pods["items"]
         if p["spec"]["nodeName"].startswith(node_prefix)
     ]
+
+
+@contextlib.contextmanager
+def operator_and_scheduler(
+    cluster: K8sCluster, log_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[Operator]:
+    """The CRDs installed, the operator and aiplane's scheduler running (Model replicas
+    name ``schedulerName: aiplane``), both stopped on exit: what a module that serves
+    Models needs."""
+    install_crds(cluster)
+    op = Operator(cluster, log_dir, env=env or {}).start()
+    scheduler = start_scheduler(cluster, log_dir)
+    try:
+        yield op
+    finally:
+        scheduler.stop()
+        op.stop()

@@ -25,7 +25,7 @@ from aiplane.runtime.kubernetes.gateway import build_app
 from aiplane.runtime.kubernetes.objects import API
 from tests.k8s.conftest import K8sCluster, eventually
 from tests.k8s.kubelet_standin import KubeletStandIn, smollm2_model_yaml
-from tests.k8s.operator_fixture import Operator, apply_yaml, install_crds, start_scheduler
+from tests.k8s.operator_fixture import Operator, apply_yaml, operator_and_scheduler
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(240)]
 
@@ -52,14 +52,9 @@ def elastic_yaml(name: str, served: str) -> str:
 
 @pytest.fixture(scope="module")
 def operator(k8s_cluster: K8sCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    install_crds(k8s_cluster)
-    logs = tmp_path_factory.mktemp("autoscaling")
     env = {"AIPLANE_GATEWAY_METRICS": f"http://127.0.0.1:{GATEWAY_PORT}/metrics"}
-    op = Operator(k8s_cluster, logs, env=env).start()
-    scheduler = start_scheduler(k8s_cluster, logs)
-    yield op
-    scheduler.stop()
-    op.stop()
+    with operator_and_scheduler(k8s_cluster, tmp_path_factory.mktemp("autoscaling"), env) as op:
+        yield op
 
 
 @pytest.fixture
@@ -94,9 +89,12 @@ async def test_a_model_at_zero_serves_scales_with_load_and_returns_to_zero(
         assert await kube.list("v1", "Pod", ns, f"{LABEL_MODEL}=elastic") == []  # min 0: nothing runs
         client = openai.OpenAI(base_url=str(server.make_url("/v1")), api_key="x", max_retries=0, timeout=120)
 
-        def chat(i: int, tokens: int) -> Any:
+        def chat(i: int, tokens: int, ignore_eos: bool = False) -> Any:
             return client.chat.completions.create(
-                model=served, max_tokens=tokens, messages=[{"role": "user", "content": f"Count to {i}."}]
+                model=served,
+                max_tokens=tokens,
+                messages=[{"role": "user", "content": f"Count to {i}."}],
+                extra_body={"ignore_eos": True} if ignore_eos else None,
             )
 
         # 1. The first request is held through the cold start: the gateway scales the Model
@@ -108,10 +106,12 @@ async def test_a_model_at_zero_serves_scales_with_load_and_returns_to_zero(
 
         # 2. Three requests at once for one slot each: the autoscaler (reading this
         #    gateway's /metrics) raises the Model to its max of 2; every request completes.
+        #    Each generates all its tokens (ignore_eos; "Count to 0." alone may stop at once),
+        #    so the demand lasts seconds, longer than the autoscaler's 1 s tick and windows.
         async def two_replicas() -> bool:
             return await desired(kube, ns, "elastic") == 2
 
-        burst = [asyncio.to_thread(chat, i, 48) for i in range(3)]
+        burst = [asyncio.to_thread(chat, i, 400, True) for i in range(3)]
         *answers, _ = await asyncio.gather(*burst, eventually(two_replicas, 60, "the Model scaled to 2"))
         for answer in answers:
             assert answer.choices[0].message.content and answer.choices[0].finish_reason in ("stop", "length")

@@ -45,7 +45,7 @@ from aiplane.runtime.kubernetes.lowering.model import PRESTOP_SLEEP_S
 from aiplane.runtime.kubernetes.objects import API
 from tests.k8s.conftest import K8sCluster, eventually
 from tests.k8s.kubelet_standin import Engine, KubeletStandIn, smollm2_model_yaml
-from tests.k8s.operator_fixture import Operator, apply_yaml, install_crds, start_scheduler
+from tests.k8s.operator_fixture import Operator, apply_yaml, operator_and_scheduler
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(150)]  # about 45 s here
 
@@ -77,13 +77,8 @@ def model_yaml(name: str, served: str) -> str:
 
 @pytest.fixture(scope="module")
 def operator(k8s_cluster: K8sCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    install_crds(k8s_cluster)
-    logs = tmp_path_factory.mktemp("drain")
-    op = Operator(k8s_cluster, logs).start()
-    scheduler = start_scheduler(k8s_cluster, logs)
-    yield op
-    scheduler.stop()
-    op.stop()
+    with operator_and_scheduler(k8s_cluster, tmp_path_factory.mktemp("drain")) as op:
+        yield op
 
 
 @pytest.fixture

@@ -14,9 +14,8 @@ from tests.k8s.conftest import K8sCluster
 from tests.k8s.operator_fixture import (
     Operator,
     apply_yaml,
-    install_crds,
     kubectl_json,
-    start_scheduler,
+    operator_and_scheduler,
     wait_for,
 )
 
@@ -43,13 +42,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def operator(k8s_cluster: K8sCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    install_crds(k8s_cluster)
-    logs = tmp_path_factory.mktemp("operator")
-    op = Operator(k8s_cluster, logs).start()
-    scheduler = start_scheduler(k8s_cluster, logs)  # Model replicas name schedulerName: aiplane
-    yield op
-    scheduler.stop()
-    op.stop()
+    with operator_and_scheduler(k8s_cluster, tmp_path_factory.mktemp("operator")) as op:
+        yield op
 
 
 def owned(cluster: K8sCluster, ns: str, kind: str, model: str) -> list[dict[str, Any]]:

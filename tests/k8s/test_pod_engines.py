@@ -36,7 +36,7 @@ from aiplane.runtime.kubernetes.objects import API
 from tests.k8s.conftest import K8sCluster, eventually
 from tests.k8s.kubelet_standin import SMOLLM2 as SOURCE
 from tests.k8s.kubelet_standin import Engine, KubeletStandIn, pod_ready, smollm2_model_yaml
-from tests.k8s.operator_fixture import Operator, apply_yaml, install_crds, start_scheduler
+from tests.k8s.operator_fixture import Operator, apply_yaml, operator_and_scheduler
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(120)]  # each test; ~20-45 s for all four
 
@@ -53,13 +53,8 @@ def model_yaml(name: str, served: str, external_readiness: bool = True) -> str:
 
 @pytest.fixture(scope="module")
 def operator(k8s_cluster: K8sCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    install_crds(k8s_cluster)
-    logs = tmp_path_factory.mktemp("pod-engines")
-    op = Operator(k8s_cluster, logs).start()
-    scheduler = start_scheduler(k8s_cluster, logs)  # Model replicas name schedulerName: aiplane
-    yield op
-    scheduler.stop()
-    op.stop()
+    with operator_and_scheduler(k8s_cluster, tmp_path_factory.mktemp("pod-engines")) as op:
+        yield op
 
 
 @pytest.fixture
