@@ -12,10 +12,11 @@ EXTRAS ?= local,embeddings,kubernetes,dev
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/llama-wheel.sh scripts/llama-server.sh $(wildcard scripts/llama-server-patches/*.patch)
+$(STAMP): pyproject.toml scripts/llama-wheel.sh scripts/llama-server.sh scripts/prometheus.sh $(wildcard scripts/llama-server-patches/*.patch)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	AIPLANE_CACHE=$(CACHE) scripts/llama-server.sh $(PY) $(VENV)/bin/llama-server
+	AIPLANE_CACHE=$(CACHE) scripts/prometheus.sh $(VENV)/bin/prometheus
 	@if [[ ",$(EXTRAS)," == *,llamacpp-python,* ]]; then AIPLANE_CACHE=$(CACHE) scripts/llama-wheel.sh $(PY); fi
 	$(PY) -m pip install -q --find-links $(CACHE)/wheels -e ".[$(EXTRAS)]"
 	@touch $(STAMP)

@@ -9,6 +9,7 @@
     │   └── SourceError        a model source (pkg://, file://, ...) cannot be resolved
     ├── RuntimeFailure         the local runtime could not do what was asked
     ├── KubernetesError        the API server refused or failed a request (status kept)
+    ├── PrometheusError        a Prometheus query failed (unreachable, slow, not its API)
     └── PlaneNotRunning        a CLI command needs `aiplane up` running
 
 The CLI prints ``str(error)`` for any ``AiplaneError`` and exits non-zero: no traceback.
@@ -51,6 +52,10 @@ class KubernetesError(AiplaneError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class PrometheusError(AiplaneError):
+    """Prometheus could not answer a query (unreachable, too slow, an error, or not its API)."""
 
 
 class PlaneNotRunning(AiplaneError):

@@ -18,6 +18,13 @@ counts summed), and/or ``AIPLANE_GATEWAY_METRICS``, comma-separated ``/metrics``
 (tests point it at their in-process gateway). Without gateways the autoscaler still
 sees the engines' own queues, but not a request held at zero (the gateway scales that
 Model to one itself).
+
+Where the engines' metrics come from: each ready pod's ``/metrics``, unless
+``AIPLANE_PROMETHEUS_URL`` names a Prometheus (its base URL, e.g.
+``http://prometheus-server.monitoring``) that scrapes the Model pods with the labels of
+the ``kubernetes-pods`` job (:data:`.prometheus.KUBERNETES_PODS_JOB`); then one
+instant query per engine signal and Model replaces the scrapes, and the pods are read
+again while that Prometheus fails (:class:`.signals.KubernetesSignals`).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from aiplane.runtime.model_route import autoscaling_config
 log = logging.getLogger(__name__)
 GATEWAY_METRICS_ENV = "AIPLANE_GATEWAY_METRICS"
 GATEWAY_PODS_ENV = "AIPLANE_GATEWAY_PODS"
+PROMETHEUS_ENV = "AIPLANE_PROMETHEUS_URL"
 GATEWAY_EVERY_S = 0.9  # the gateways are scraped once per tick, not once per Model
 ACTIVE_GRAIN_S = 10.0  # lastActive is stored to 10 s: a status write per 10 s while busy, not per tick
 
@@ -89,15 +97,20 @@ class ModelAutoscaler:
     @classmethod
     @contextlib.asynccontextmanager
     async def connect(
-        cls, kube: Kube, gateway_urls: list[str] | None = None
+        cls, kube: Kube, gateway_urls: list[str] | None = None, prometheus: str | None = None
     ) -> AsyncIterator[ModelAutoscaler]:
         if gateway_urls is None:
             gateway_urls = [
                 u.strip() for u in os.environ.get(GATEWAY_METRICS_ENV, "").split(",") if u.strip()
             ]
+        if prometheus is None:
+            prometheus = os.environ.get(PROMETHEUS_ENV, "").strip() or None
+        if prometheus:
+            log.info("engine metrics from Prometheus at %s (the pods when it fails)", prometheus)
         engines = default_registry()
         async with aiohttp.ClientSession() as session:
-            yield cls(kube, KubernetesSignals(session, gateway_urls, engines), engines)
+            signals = KubernetesSignals(session, gateway_urls, engines, prometheus=prometheus)
+            yield cls(kube, signals, engines)
 
     async def tick(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """Decide for one Model and write ``/scale`` if the count changes; returns the

@@ -6,8 +6,12 @@ queued for a slot, and the windows over the last minute (arrival rate, tokens/s,
 time to first token from the histogram's bucket deltas, as PromQL's
 ``histogram_quantile(0.95, rate(...[1m]))`` would give). The engine half is scraped
 from each ready pod of the Model at the address its ``prometheus.io/*`` annotations
-give, by the engine adapter's ``MetricNames``. The cold start is the newest pod's
-creation-to-Ready time.
+give, by the engine adapter's ``MetricNames``; or, when a Prometheus URL is given, asked
+of that Prometheus (:mod:`.prometheus`), which already scrapes those pods. When
+Prometheus fails, is too slow, or has no series of a Model whose pods are ready, that
+Model's engines are read from its pods for ``PROMETHEUS_RETRY_S`` (one warning per
+Model until Prometheus answers again). The cold start is the newest pod's
+creation-to-Ready time, always from the pods.
 
 Parsing and window arithmetic are pure functions here; :class:`KubernetesSignals` does
 the fetching.
@@ -16,6 +20,7 @@ the fetching.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -27,12 +32,15 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from aiplane.engines import EngineRegistry
+from aiplane.engines import EngineRegistry, MetricNames
 from aiplane.policies.signals import ModelSignals
 from aiplane.runtime.engine_metrics import EngineSample, combine, scrape
+from aiplane.runtime.kubernetes.prometheus import QUERY_TIMEOUT_S, PrometheusError, query_engines
 
+log = logging.getLogger(__name__)
 WINDOW = 60.0
 P = "aiplane_gateway_"
+PROMETHEUS_RETRY_S = 10.0  # after a failure, the pods' own metrics for this long (no timeout per tick)
 
 
 @dataclass
@@ -167,14 +175,27 @@ def port_url(pod: Mapping[str, Any], port_name: str, path: str) -> str | None:
 
 
 class KubernetesSignals:
-    """Fetches what :func:`gateway_signals` and the engines report; ``read`` is then pure."""
+    """Fetches what :func:`gateway_signals` and the engines report; ``read`` is then pure.
+
+    ``prometheus``: the base URL of a Prometheus that scrapes the Model pods with
+    :data:`~.prometheus.KUBERNETES_PODS_JOB`'s labels; None scrapes the pods directly.
+    """
 
     def __init__(
-        self, session: aiohttp.ClientSession, gateway_urls: list[str], engines: EngineRegistry
+        self,
+        session: aiohttp.ClientSession,
+        gateway_urls: list[str],
+        engines: EngineRegistry,
+        *,
+        prometheus: str | None = None,
+        prometheus_timeout: float = QUERY_TIMEOUT_S,
     ) -> None:
         self._session, self._gateways, self._engines = session, gateway_urls, engines
+        self._prometheus, self._prometheus_timeout = prometheus, prometheus_timeout
         self._window: deque[GatewaySample] = deque()
         self._engine: dict[str, EngineSample] = {}  # "namespace/name" -> the model's engines
+        self._source: dict[str, str] = {}  # "namespace/name" -> "prometheus" | "pods"
+        self._retry_at: dict[str, float] = {}  # Models whose Prometheus query failed: when to ask again
         self._cold: dict[str, float] = {}
         self._served: dict[str, str] = {}
         self._refreshed = 0.0
@@ -194,14 +215,51 @@ class KubernetesSignals:
     async def refresh_model(
         self, key: str, served: str, engine: str, pods: Sequence[Mapping[str, Any]]
     ) -> None:
-        """The engines of one Model's ready pods, and its cold start."""
+        """The engines of one Model (``key``: ``namespace/name``) and its cold start. The
+        engines come from Prometheus when one is configured and answers, else from the
+        Model's ready pods."""
         self._served[key] = served
         names = self._engines.get(engine).metrics
         urls = [u for p in pods if pod_is_ready(p) and (u := metrics_url(p))]
-        samples = await asyncio.gather(*(scrape(self._session, u, names) for u in urls))
-        self._engine[key] = combine(list(samples))
+        sample, source = await self._from_prometheus(key, names, scrapeable=bool(urls)), "prometheus"
+        if sample is None:
+            samples = await asyncio.gather(*(scrape(self._session, u, names) for u in urls))
+            sample, source = combine(list(samples)), "pods"
+        self._engine[key], self._source[key] = sample, source
         if (cold := cold_start_of(pods)) is not None:
             self._cold[key] = cold
+
+    async def _from_prometheus(self, key: str, names: MetricNames, scrapeable: bool) -> EngineSample | None:
+        """Prometheus's answer for the Model, or None (read the pods) if there is none to
+        ask, it failed lately, or it fails now."""
+        if self._prometheus is None or time.monotonic() < self._retry_at.get(key, float("-inf")):
+            return None
+        namespace, _, model = key.partition("/")
+        try:
+            sample = await query_engines(
+                self._session, self._prometheus, names, namespace, model, self._prometheus_timeout
+            )
+        except PrometheusError as exc:
+            self._prometheus_failed(key, str(exc))
+            return None
+        if scrapeable and sample == EngineSample() and (names.running or names.waiting):
+            # Ready pods but not one series: a pod started since the last scrape, or a scrape
+            # job that does not label the series as KUBERNETES_PODS_JOB does.
+            self._prometheus_failed(key, "no series although its pods are ready (not scraped yet?)")
+            return None
+        if self._retry_at.pop(key, None) is not None:
+            log.info("engine metrics of %s: from Prometheus again", key)
+        return sample
+
+    def _prometheus_failed(self, key: str, reason: str) -> None:
+        """Read the pods for PROMETHEUS_RETRY_S; warn once per run of failures, not every tick."""
+        if key not in self._retry_at:
+            log.warning("engine metrics of %s from Prometheus: %s; reading its pods instead", key, reason)
+        self._retry_at[key] = time.monotonic() + PROMETHEUS_RETRY_S
+
+    def engine_source(self, key: str) -> str | None:
+        """Where the Model's last engine sample came from: ``prometheus`` or ``pods``."""
+        return self._source.get(key)
 
     async def _text(self, url: str) -> str | None:
         try:
@@ -222,5 +280,5 @@ class KubernetesSignals:
         )
 
     def forget(self, model: str) -> None:
-        for table in (self._engine, self._cold, self._served):
+        for table in (self._engine, self._source, self._retry_at, self._cold, self._served):
             table.pop(model, None)
