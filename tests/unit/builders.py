@@ -10,12 +10,16 @@ rotation until the test marks it ready again (what the local runtime does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from aiplane.api import API_VERSION, Model
 from aiplane.engines.base import CHAT
@@ -293,3 +297,19 @@ class InMemoryDiscovery:
 
     def unavailable(self, served_name: str) -> str | None:
         return self.blocked.get(served_name)
+
+
+# -- engines -----------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def metrics_server(text: str, delay: float = 0.0) -> AsyncIterator[int]:
+    """An engine's ``/metrics`` on 127.0.0.1; yields its port."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        await asyncio.sleep(delay)
+        return web.Response(text=text, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    async with TestServer(app, host="127.0.0.1") as server:
+        assert server.port is not None
+        yield server.port

@@ -8,14 +8,14 @@ control plane.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from builders import metrics_server
 
 from aiplane.engines import default_registry
 from aiplane.engines.base import CHAT, EMBED
@@ -427,21 +427,6 @@ vllm:num_requests_waiting{engine="0",model_name="m"} 5.0
 # TYPE vllm:kv_cache_usage_perc gauge
 vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25
 """
-
-
-@contextlib.asynccontextmanager
-async def metrics_server(text: str, delay: float = 0.0) -> AsyncIterator[int]:
-    """An engine's ``/metrics`` on 127.0.0.1; yields its port."""
-
-    async def metrics(_: web.Request) -> web.Response:
-        await asyncio.sleep(delay)
-        return web.Response(text=text, content_type="text/plain")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    async with TestServer(app, host="127.0.0.1") as server:
-        assert server.port is not None
-        yield server.port
 
 
 def http_port(port: int) -> list[dict[str, Any]]:

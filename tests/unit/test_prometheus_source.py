@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from builders import metrics_server
 
 from aiplane.engines import MetricNames, default_registry
 from aiplane.engines.llamacpp import LlamaCpp
@@ -182,14 +183,8 @@ def pod(name: str, port: int) -> dict[str, Any]:
 async def engine_port() -> AsyncIterator[int]:
     """A llama-server's /metrics (its real text), on loopback."""
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text=LLAMA_METRICS, content_type="text/plain")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    async with TestServer(app, host="127.0.0.1") as server:
-        assert server.port is not None
-        yield server.port
+    async with metrics_server(LLAMA_METRICS) as port:
+        yield port
 
 
 async def test_without_prometheus_the_engines_come_from_the_pods_and_one_warning_says_so(
