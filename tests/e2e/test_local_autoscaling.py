@@ -84,7 +84,7 @@ METRICS = {
     "queue-depth": "waiting / (4 slots + 2 queued)",
     "kv-cache": "no KV-cache signal",  # llama-server exports no KV gauge: concurrency stands in
     "latency": "per replica (",
-    "cpu": "cpu ",
+    "cpu": "/ target 70%",  # a real reading ("cpu 3% / target 70%"), not "no cpu signal: holding"
 }
 
 
