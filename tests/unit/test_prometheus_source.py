@@ -31,7 +31,6 @@ from aiplane.runtime.kubernetes.prometheus import (
     MODEL_LABEL,
     PrometheusError,
     engine_queries,
-    kubernetes_pods_job,
     parse_vector,
     prometheus_label_name,
     query_engines,
@@ -109,10 +108,6 @@ def test_the_scrape_job_is_the_kubernetes_pods_job_and_copies_do_not_touch_it() 
         "action": "keep",
         "regex": "true",
     }
-    job = kubernetes_pods_job(kubeconfig_file="/k", namespaces={"names": ["ns"]})
-    assert job["kubernetes_sd_configs"] == [
-        {"role": "pod", "kubeconfig_file": "/k", "namespaces": {"names": ["ns"]}}
-    ]
     assert KUBERNETES_PODS_JOB["kubernetes_sd_configs"] == [{"role": "pod"}]
 
 

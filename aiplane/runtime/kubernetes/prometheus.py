@@ -16,7 +16,6 @@ The series are found by two labels that the conventional ``kubernetes-pods`` scr
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import math
 import re
@@ -89,14 +88,6 @@ its own ``namespace`` label would win over the pod's: none of aiplane's engines 
 Prometheus built without Kubernetes discovery (Debian's) can run the same rules over any
 discovery that yields the ``__meta_kubernetes_pod_*`` labels (the k8s test does so).
 """
-
-
-def kubernetes_pods_job(**sd_config: Any) -> dict[str, Any]:
-    """A copy of :data:`KUBERNETES_PODS_JOB` with ``sd_config`` added to its Kubernetes
-    discovery (``kubeconfig_file``, ``namespaces``, ... for a Prometheus outside the cluster)."""
-    job = copy.deepcopy(KUBERNETES_PODS_JOB)
-    job["kubernetes_sd_configs"][0].update(sd_config)
-    return job
 
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
