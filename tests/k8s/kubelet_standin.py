@@ -593,9 +593,11 @@ class KubeletStandIn:
             await asyncio.sleep(0.1)
 
     async def wait_stopped(self, engine: Engine, timeout: float) -> int:
-        """Wait for the stand-in to stop ``engine`` (its pod went away); its exit code."""
+        """Wait for the stand-in to stop ``engine`` (its pod went away) and record when it
+        exited (``exited_at``: the termination sees the exit up to 50 ms after the process
+        monitor does); its exit code."""
         deadline = time.monotonic() + timeout
-        while engine.stopped_at is None or engine.proc.poll() is None:
+        while engine.stopped_at is None or engine.proc.poll() is None or engine.exited_at is None:
             if time.monotonic() > deadline:
                 raise AssertionError(f"engine of {engine.pod} still running after {timeout}s")
             await asyncio.sleep(0.1)
