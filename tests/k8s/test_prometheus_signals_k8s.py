@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import re
 import signal
 import socket
 import subprocess
@@ -47,6 +46,7 @@ from aiplane.runtime.kubernetes.prometheus import (
     MODEL_LABEL,
     PrometheusError,
     parse_vector,
+    prometheus_label_name,
     query_engines,
 )
 from aiplane.runtime.kubernetes.signals import KubernetesSignals
@@ -83,11 +83,6 @@ async def kube(k8s_cluster: K8sCluster, k8s_namespace: str, operator: Operator) 
         yield client
 
 
-def sanitized(name: str) -> str:
-    """Prometheus's ``strutil.SanitizeLabelName``: ``[^a-zA-Z0-9_]`` -> ``_``."""
-    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
-
-
 def discovered(pod: dict[str, Any]) -> list[dict[str, Any]]:
     """One pod as Prometheus's Kubernetes discovery (role ``pod``) presents it, in http_sd's
     format: nothing without an IP, else a target per container port (or per container
@@ -109,8 +104,8 @@ def discovered(pod: dict[str, Any]) -> list[dict[str, Any]]:
             labels |= {f"{m}pod_controller_kind": ref["kind"], f"{m}pod_controller_name": ref["name"]}
     for kind, values in (("label", meta.get("labels")), ("annotation", meta.get("annotations"))):
         for key, value in (values or {}).items():
-            labels[f"{m}pod_{kind}_{sanitized(key)}"] = value
-            labels[f"{m}pod_{kind}present_{sanitized(key)}"] = "true"
+            labels[f"{m}pod_{kind}_{prometheus_label_name(key)}"] = value
+            labels[f"{m}pod_{kind}present_{prometheus_label_name(key)}"] = "true"
     groups = []
     inits = spec.get("initContainers") or []
     containers = [(c, False) for c in spec["containers"]] + [(c, True) for c in inits]

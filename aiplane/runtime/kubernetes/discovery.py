@@ -59,20 +59,22 @@ from typing import NamedTuple, Protocol
 
 import aiohttp
 
-from aiplane.api import Model
 from aiplane.engines import EngineRegistry, MetricNames, default_registry
 from aiplane.errors import AiplaneError, KubernetesError
 from aiplane.gateway.discovery import ModelRoute, Upstream
 from aiplane.runtime.engine_metrics import EngineSample, scrape
 from aiplane.runtime.kubernetes.client import Manifest
 from aiplane.runtime.kubernetes.constants import LABEL_MODEL
-from aiplane.runtime.kubernetes.objects import API, from_body
+from aiplane.runtime.kubernetes.objects import API
 from aiplane.runtime.kubernetes.routes import (
+    MetricsTarget,
     ModelKey,
     elect,
     key_of,
+    metrics_target,
+    model_of,
     replica_count,
-    route_from_body,
+    route_of,
     upstreams_by_model,
 )
 
@@ -93,26 +95,9 @@ SCRAPE_TIMEOUT_S = 1.0  # a pod slower than this reports nothing this round
 SCRAPE_KEEPALIVE_S = 4.0  # under the engines' 5 s idle close, over SCRAPE_EVERY: connections are reused
 
 
-class MetricsTarget(NamedTuple):
-    """Where a Model's pods export their engine's load, and under which names."""
-
-    path: str
-    names: MetricNames
-
-
 class _Parsed(NamedTuple):
     route: ModelRoute
     target: MetricsTarget | None
-
-
-def metrics_target(model: Model, engines: EngineRegistry) -> MetricsTarget | None:
-    """The engine's metrics path (the one the lowering annotates its pods with, served on
-    the API port) and names; None if it exports no queue or KV gauge the routers use."""
-    engine = engines.get(model.spec.engine)
-    if not (engine.metrics.waiting or engine.metrics.kv_cache_usage):
-        return None
-    path = engine.container(model, "").probes.metrics_path  # probes do not depend on the path
-    return MetricsTarget(path, engine.metrics) if path else None
 
 
 class Lister(Protocol):
@@ -285,13 +270,13 @@ class KubernetesDiscovery:
 
     def _parse(self, body: Manifest) -> _Parsed | None:
         try:
-            route = route_from_body(body, self._engines)
+            model = model_of(body)
+            route = route_of(model, body, self._engines)
         except (AiplaneError, ValueError, TypeError) as exc:
             log.warning("Model %s is not routed: %s", key_of(body), exc)
             return None
         try:
-            model = from_body(body)
-            target = metrics_target(model, self._engines) if isinstance(model, Model) else None
+            target = metrics_target(model, self._engines)
         except (AiplaneError, ValueError, TypeError) as exc:  # routed all the same, without hints
             log.warning("Model %s: not scraping its engine metrics: %s", key_of(body), exc)
             target = None

@@ -190,12 +190,7 @@ async def query_engines(
 
     try:
         async with asyncio.timeout(timeout):
-            values = await asyncio.gather(*(ask(q) for q in queries.values()), return_exceptions=True)
+            values = await asyncio.gather(*(ask(q) for q in queries.values()))
     except TimeoutError as exc:
         raise PrometheusError(f"Prometheus at {base_url} did not answer within {timeout:g} s") from exc
-    answers: dict[str, float | None] = {}
-    for field, value in zip(queries, values, strict=True):
-        if isinstance(value, BaseException):
-            raise value
-        answers[field] = value
-    return sample_from(answers)
+    return sample_from(dict(zip(queries, values, strict=True)))

@@ -22,10 +22,10 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiplane.api import Model
-from aiplane.engines import EngineRegistry
+from aiplane.engines import EngineRegistry, MetricNames
 from aiplane.gateway.discovery import ModelRoute, Upstream
 from aiplane.runtime.kubernetes.objects import from_body
 from aiplane.runtime.model_route import model_route
@@ -63,6 +63,19 @@ def created_at(body: Body) -> float:
     return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
 
 
+def model_of(body: Body) -> Model:
+    """The Model a custom resource's body stands for; TypeError for any other kind."""
+    model = from_body(body)
+    if not isinstance(model, Model):
+        raise TypeError(f"{key_of(body)} is a {type(model).__name__}, not a Model")
+    return model
+
+
+def route_of(model: Model, body: Body, engines: EngineRegistry) -> ModelRoute:
+    """The route of ``model`` (parsed from ``body``, whose key and age it carries)."""
+    return model_route(model, str(key_of(body)), created_at(body), engines)
+
+
 def route_from_body(body: Body, engines: EngineRegistry) -> ModelRoute:
     """The route a Model custom resource stands for.
 
@@ -70,10 +83,24 @@ def route_from_body(body: Body, engines: EngineRegistry) -> ModelRoute:
     :class:`aiplane.errors.EngineError` (an engine this gateway does not know): the
     caller skips that Model and says why, instead of dropping every route.
     """
-    model = from_body(body)
-    if not isinstance(model, Model):
-        raise TypeError(f"{key_of(body)} is a {type(model).__name__}, not a Model")
-    return model_route(model, str(key_of(body)), created_at(body), engines)
+    return route_of(model_of(body), body, engines)
+
+
+class MetricsTarget(NamedTuple):
+    """Where a Model's pods export their engine's load, and under which names."""
+
+    path: str
+    names: MetricNames
+
+
+def metrics_target(model: Model, engines: EngineRegistry) -> MetricsTarget | None:
+    """The engine's metrics path (the one the lowering annotates its pods with, served on
+    the API port) and names; None if it exports no queue or KV gauge the routers use."""
+    engine = engines.get(model.spec.engine)
+    if not (engine.metrics.waiting or engine.metrics.kv_cache_usage):
+        return None
+    path = engine.container(model, "").probes.metrics_path  # probes do not depend on the path
+    return MetricsTarget(path, engine.metrics) if path else None
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,8 @@ class Store:
         ``IN_PLACE`` fields alone (its bounds, autoscaling, routing) is applied to the
         running replicas without a new generation, so no rollout restarts them (as
         scaling a Deployment or editing its HPA rolls no pods)."""
-        manifest = json.dumps(resource.to_manifest(), sort_keys=True)
+        data = resource.to_manifest()
+        manifest = json.dumps(data, sort_keys=True)
         now = time.time()
         with self._tx() as db:
             row = db.execute(
@@ -159,8 +160,7 @@ class Store:
                 return "created"
             if row[0] == manifest:
                 return "unchanged"
-            kind = resource.kind
-            rolls = _template(kind, json.loads(row[0])) != _template(kind, json.loads(manifest))
+            rolls = _template(resource.kind, json.loads(row[0])) != _template(resource.kind, data)
             db.execute(
                 "UPDATE resources SET manifest=?, generation=?, updated=? WHERE kind=? AND name=?",
                 (manifest, row[1] + 1 if rolls else row[1], now, resource.kind, resource.name),
