@@ -56,10 +56,21 @@ class TrainingJob(Resource):
 
 
 class BatchJobSpec(Strict):
-    task: Literal["embed", "generate", "custom"]
+    # "custom" is the first name of "command", still accepted (and read as "command")
+    task: Literal["embed", "generate", "command", "custom"] = Field(
+        description="embed or generate rows with spec.model, or run spec.command per shard"
+    )
     model: str | None = Field(default=None, description="a Model name, for embed/generate")
-    input: str = Field(min_length=1)
-    output: str = Field(min_length=1)
+    input: str = Field(
+        min_length=1, description="JSONL, CSV or Parquet: a path, pvc://claim/path, or an fsspec URL"
+    )
+    output: str = Field(min_length=1, description="directory of per-shard outputs, manifests and errors")
+    text_field: str | None = Field(
+        default=None, alias="textField", description="the row field to embed or prompt with (text; prompt)"
+    )
+    id_field: str = Field(default="id", alias="idField", description="the row field that keys its output")
+    concurrency: int = Field(default=4, ge=1, le=1024, description="generate: requests in flight per shard")
+    max_tokens: int = Field(default=128, ge=1, alias="maxTokens", description="generate: tokens per answer")
     shards: int = Field(default=1, ge=1, le=100000)
     parallelism: int = Field(default=1, ge=1)
     queue: str = "default"
@@ -77,12 +88,17 @@ class BatchJobSpec(Strict):
     def _whole_gpus(cls, value: float) -> float:
         return check_gpu_count(value)
 
+    @field_validator("task", mode="before")
+    @classmethod
+    def _custom_is_command(cls, value: object) -> object:
+        return "command" if value == "custom" else value
+
     @model_validator(mode="after")
     def _task_needs(self) -> BatchJobSpec:
         if self.task in ("embed", "generate") and not self.model:
             raise ValueError(f"task {self.task!r} needs spec.model (the Model to run)")
-        if self.task == "custom" and not self.command:
-            raise ValueError("task 'custom' needs spec.command")
+        if self.task == "command" and not self.command:
+            raise ValueError("task 'command' needs spec.command (the argv each shard runs)")
         return self
 
 

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from aiplane import __version__
+from aiplane import __version__, progress
 from aiplane.api import KINDS, AnyResource, Model, Queue
 from aiplane.cli import batch, kube, sim
 from aiplane.cli.files import load_resources
@@ -165,7 +165,7 @@ def get(
 def _get_jobs(store: Store, now: float) -> None:
     """Jobs with their phase and why: the scheduling core's reason while Pending."""
     statuses = store.job_statuses()
-    t = table("KIND", "NAME", "QUEUE", "PHASE", "GPUS", "DEVICES", "RESTARTS", "AGE", "REASON")
+    t = table("KIND", "NAME", "QUEUE", "PHASE", "GPUS", "DEVICES", "RESTARTS", "PROGRESS", "AGE", "REASON")
     for kind in JOB_KINDS:
         for item in store.resources(kind):
             job = local_job(item.resource, item.generation, item.created)
@@ -184,6 +184,7 @@ def _get_jobs(store: Store, now: float) -> None:
                 f"{job.demand.gpu:g}",
                 devices,
                 str(row.restarts if row and current else 0),
+                progress.summary(row.progress) if row and current else "",
                 age(item.created, now),
                 reason,
             )
@@ -213,15 +214,15 @@ def delete(
 
 @app.command()
 def logs(
-    model: Annotated[str, typer.Argument(help="model name")],
+    target: Annotated[str, typer.Argument(help="MODEL, or job/NAME (trainingjob/NAME, batchjob/NAME)")],
     follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
-    replica: Annotated[str | None, typer.Option(help="one replica's log")] = None,
+    replica: Annotated[str | None, typer.Option(help="one replica's (or worker's: worker-0) log")] = None,
     tail_lines: Annotated[int, typer.Option("--tail")] = 50,
 ) -> None:
-    """Print (or follow) the logs of a model's replicas."""
+    """Print (or follow) the logs of a model's replicas or a job's workers."""
     from aiplane.cli.logs import stream_logs
 
-    stream_logs(model, replica, follow, tail_lines)
+    stream_logs(target, replica, follow, tail_lines)
 
 
 @app.command()

@@ -58,6 +58,7 @@ class Plane:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    cwd: Path | None = None  # where relative paths in the resources resolve (the test's cwd if None)
 
     @property
     def url(self) -> str:
@@ -74,7 +75,7 @@ class Plane:
         for f in self.files:
             args += ["-f", str(f)]
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -252,3 +252,75 @@ spec:
     assert bj["status"]["succeeded"] == 4 and bj["status"]["completed"] == "4/4"
     listed = k8s_cluster.kubectl("get", "batchjobs", "-n", ns).stdout
     assert "COMPLETED" in listed and "4/4" in listed
+
+
+EMBED_SHARDS = """\
+apiVersion: aiplane.dev/v1alpha1
+kind: BatchJob
+metadata:
+  name: vectors
+  annotations: {{aiplane.dev/kwok-complete-after: 5s}}
+spec:
+  task: embed
+  model: minilm
+  input: {input}
+  output: {output}
+  shards: 4
+  parallelism: 2
+"""
+
+
+def pod_env(pod: dict[str, Any]) -> dict[str, str]:
+    """A pod's container env as its process sees it: the downward-API references resolved."""
+    env: dict[str, str] = {}
+    for item in pod["spec"]["containers"][0]["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+            continue
+        path = item["valueFrom"]["fieldRef"]["fieldPath"]  # metadata.annotations['<key>'] or labels
+        where, _, key = path.removeprefix("metadata.").partition("['")
+        env[item["name"]] = pod["metadata"][where][key.removesuffix("']")]
+    return env
+
+
+def test_an_embed_batch_job_counts_its_shards_and_its_pods_run_the_local_shard_runner(
+    k8s_cluster: K8sCluster, k8s_namespace: str, platform: Operator, tmp_path: Path
+) -> None:
+    """The Indexed Job's pods carry their shard; the status counts shards as KWOK completes
+    them; and what each pod would run (its command and env) is the local shard runner."""
+    from aiplane.batch import scan
+
+    ns = k8s_namespace
+    data, out = tmp_path / "corpus.jsonl", tmp_path / "vectors"
+    data.write_text("".join(f'{{"id": "d{i}", "text": "document number {i}"}}\n' for i in range(41)))
+    text = EMBED_SHARDS.format(input=data, output=out)
+    assert apply_yaml(k8s_cluster, text, ns).returncode == 0
+    seen: list[int] = []
+
+    def finished() -> dict[str, Any] | None:
+        bj = kubectl_json(k8s_cluster, "get", "batchjob", "vectors", "-n", ns)
+        count = bj.get("status", {}).get("shardsCompleted")
+        if count is not None and (not seen or seen[-1] != count):
+            seen.append(count)
+        return bj if condition(bj, "Succeeded") == "True" else None
+
+    bj = wait_for(finished, 90, "BatchJob Succeeded", interval=0.5)
+    assert bj["status"]["shardsCompleted"] == 4 and bj["status"]["completed"] == "4/4"
+    assert seen == sorted(seen) and seen[-1] == 4 and any(0 < c < 4 for c in seen), seen
+    assert "rows" not in bj["status"]  # KWOK's pods ran nothing, so none reported rows
+    pods = kubectl_json(k8s_cluster, "get", "pods", "-n", ns, "-l", "aiplane.dev/job=vectors")["items"]
+    envs = sorted((pod_env(p) for p in pods), key=lambda e: int(e["AIPLANE_SHARD"]))
+    assert [e["AIPLANE_SHARD"] for e in envs] == ["0", "1", "2", "3"]
+    assert {e["AIPLANE_MODEL_URL"] for e in envs} == {f"http://minilm.{ns}.svc/v1"}
+    (command,) = {tuple(p["spec"]["containers"][0]["command"]) for p in pods}
+    assert command == ("aiplane", "run-shard")
+    # Run each pod's command with its env here, as the local runtime runs a shard. One
+    # substitution: no Service resolves outside the cluster, so the shard embeds in-process
+    # (the local runtime's way for an `embeddings` Model) instead of calling minilm's URL.
+    binary = Path(sys.executable).with_name(command[0])
+    for env in envs:
+        del env["AIPLANE_MODEL_URL"]
+        done = subprocess.run([str(binary), *command[1:]], env=env, capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+    state = scan(str(out), 4)
+    assert (sorted(state.done), state.rows, state.errors) == ([0, 1, 2, 3], 41, 0)

@@ -179,7 +179,7 @@ def test_defaults_fill_a_minimal_model() -> None:
         pytest.param(
             f"apiVersion: {API_VERSION}\nkind: BatchJob\nmetadata: {{name: b}}\n"
             "spec: {task: custom, input: in, output: out}\n",
-            "model.yaml: BatchJob/b: spec: task 'custom' needs spec.command",
+            "model.yaml: BatchJob/b: spec: task 'command' needs spec.command (the argv each shard runs)",
             id="batch-custom-without-command",
         ),
         pytest.param(

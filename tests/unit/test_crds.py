@@ -129,7 +129,7 @@ def test_maps_keep_their_value_schema() -> None:
 
 def test_cross_field_rules_are_cel() -> None:
     batch = [r["rule"] for r in _spec("BatchJob")["x-kubernetes-validations"]]
-    assert any("self.task == 'custom'" in r and "self.model" in r for r in batch)
+    assert any("self.task in ['command', 'custom']" in r and "self.model" in r for r in batch)
     assert any("self.command" in r for r in batch)
     training = _spec("TrainingJob")["x-kubernetes-validations"]
     assert "gpusPerWorker" in training[0]["rule"]
@@ -152,8 +152,8 @@ def test_subresources_and_scale() -> None:
     ("kind", "columns"),
     [
         ("Model", ["Ready", "Replicas", "Engine", "GPUs", "Age"]),
-        ("TrainingJob", ["Status", "Workers", "Queue", "Age", "Reason"]),
-        ("BatchJob", ["Status", "Completed", "Queue", "Age", "Reason"]),
+        ("TrainingJob", ["Status", "Workers", "Progress", "Queue", "Age", "Reason"]),
+        ("BatchJob", ["Status", "Completed", "Rows", "Queue", "Age", "Reason"]),
         ("Queue", ["Cohort", "Used", "Borrowed", "Admitted", "Pending", "Age"]),
     ],
 )

@@ -8,11 +8,13 @@ what NVML would report; everything else is the real code.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import sys
 import time
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from aiplane.api import BatchJob, Queue, TrainingJob
 from aiplane.policies.scheduling import Gpu
 from aiplane.policies.scheduling.outcome import Mode
 from aiplane.policies.scheduling.quota import QueueSpec, Usage, admit
+from aiplane.runtime.job_env import shard_env
 from aiplane.runtime.local import cycle
 from aiplane.runtime.local.cycle import Evict, Running, Snapshot, Start, Wait, queue_specs
 from aiplane.runtime.local.jobs import STOPPING_REASON, JobRunner
@@ -199,17 +202,28 @@ def test_queue_specs_from_stored_queues() -> None:
 
 
 def test_unsupported_jobs_wait_with_their_reason() -> None:
+    unfit = replace(local_job(training("t"), 1, 0.0), unsupported="needs what this machine lacks")
+    (wait,) = schedule(Snapshot(H100S, pending=(unfit,)))
+    assert wait == Wait("TrainingJob/t", "needs what this machine lacks", "unsupported")
+
+
+def test_an_embed_batch_job_runs_the_shard_runner_with_the_shared_shard_env() -> None:
     embed = BatchJob.model_validate(
         {
             "kind": "BatchJob",
             "metadata": {"name": "e"},
-            "spec": {"task": "embed", "model": "m", "input": "i", "output": "o"},
+            "spec": {"task": "embed", "model": "m", "input": "in.jsonl", "output": "out", "shards": 3},
         }
     )
-    (wait,) = schedule(Snapshot(H100S, pending=(local_job(embed, 1, 0.0),)))
-    assert wait == Wait(
-        "BatchJob/e", "task 'embed' does not run locally yet (task 'custom' does)", "unsupported"
-    )
+    w = local_job(embed, 1, 0.0)
+    assert w.command == (sys.executable, "-m", "aiplane", "run-shard") and not w.gang
+    assert (w.tasks, w.model, w.task, w.output) == (3, "m", "embed", "out")
+    assert w.env == shard_env(embed)
+    assert {k: w.env[k] for k in ("AIPLANE_TASK", "AIPLANE_SHARDS", "AIPLANE_INPUT", "AIPLANE_MODEL")} == {
+        "AIPLANE_TASK": "embed", "AIPLANE_SHARDS": "3", "AIPLANE_INPUT": "in.jsonl", "AIPLANE_MODEL": "m",
+    }  # fmt: skip
+    (start,) = schedule(Snapshot(H100S, pending=(w,)))
+    assert isinstance(start, Start)
 
 
 # -- the adapters ---------------------------------------------------------------------
@@ -292,7 +306,7 @@ def test_get_jobs_shows_phase_devices_and_the_pending_reason(
     )
     out = CliRunner().invoke(get_command(app), ["get", "jobs"]).output
     lines = {ln.split()[1]: ln for ln in out.splitlines()[1:]}
-    assert out.split()[:9] == [
+    assert out.split()[:10] == [
         "KIND",
         "NAME",
         "QUEUE",
@@ -300,6 +314,7 @@ def test_get_jobs_shows_phase_devices_and_the_pending_reason(
         "GPUS",
         "DEVICES",
         "RESTARTS",
+        "PROGRESS",
         "AGE",
         "REASON",
     ]
@@ -388,14 +403,17 @@ async def test_a_job_past_its_active_deadline_fails(tmp_path: Path) -> None:
     assert (row.phase, row.reason) == ("Failed", "DeadlineExceeded: ran longer than activeDeadline (1s)")
 
 
-async def test_a_custom_batch_job_runs_every_shard_once(tmp_path: Path) -> None:
+async def test_a_command_batch_job_runs_every_shard_once(tmp_path: Path) -> None:
     store = Store(tmp_path / "state.db")
     out = tmp_path / "out"
-    out.mkdir()
-    code = "import os, sys; open(os.path.join(sys.argv[1], os.environ['AIPLANE_SHARD']), 'w').close()"
+    code = (
+        "import os; from aiplane import progress\n"
+        "open(os.environ['AIPLANE_SHARD_OUTPUT'], 'w').write(os.environ['CUDA_VISIBLE_DEVICES'] + '\\n')\n"
+        "progress.report(shard=int(os.environ['AIPLANE_SHARD']), rows=int(os.environ['AIPLANE_SHARD']) + 1)\n"
+    )
     spec = {
-        "task": "custom",
-        "command": [sys.executable, "-c", code, str(out)],
+        "task": "custom",  # the first name of "command"
+        "command": [sys.executable, "-c", code],
         "input": "in",
         "output": str(out),
     }
@@ -405,7 +423,11 @@ async def test_a_custom_batch_job_runs_every_shard_once(tmp_path: Path) -> None:
         await run_until(runner, store, phase_of("BatchJob", "b", "Failed", "Succeeded"))
     row = store.job_statuses()[("BatchJob", "b")]
     assert (row.phase, row.reason, sorted(row.devices)) == ("Succeeded", "5 shard(s) exited 0", [[0], [1]])
-    assert sorted(p.name for p in out.iterdir()) == ["0", "1", "2", "3", "4"]
+    assert row.progress == {"completed": 5, "shards": 5, "rows": 1 + 2 + 3 + 4 + 5, "errors": 0}
+    manifests = sorted(out.glob("*.manifest.json"))
+    assert len(manifests) == 5
+    devices = {(out / json.loads(m.read_text())["output"]).read_text() for m in manifests}
+    assert devices == {"0\n", "1\n"}  # each shard wrote its output through the runner, on its GPU
 
 
 async def test_a_new_plane_kills_what_a_dead_one_left_running_and_requeues_it(tmp_path: Path) -> None:
@@ -551,3 +573,84 @@ async def test_a_changed_job_waits_for_its_old_workers_then_runs_again(tmp_path:
         await run_until(runner, store, phase_of("TrainingJob", "t", "Succeeded", "Failed"))
     assert store.job_statuses()[("TrainingJob", "t")].generation == 2
     assert [r for _, r, _ in events.events] == ["Started", "Stopped", "Unschedulable", "Started", "Succeeded"]
+
+
+async def test_a_scheduled_job_runs_at_each_fire_and_skips_fires_while_it_runs(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    marker = tmp_path / "runs"
+    code = f"open({str(marker)!r}, 'a').write('run\\n')"
+    store.apply(training("nightly", command=[sys.executable, "-c", code], schedule="* * * * *"))
+    created = store.resources("TrainingJob")[0].created
+    minute = (created // 60 + 1) * 60  # the first fire after the job was created
+    clock = [minute - 5]
+    events = Recorder()
+    async with JobRunner(store, list(H100S), tmp_path / "logs", events) as runner:
+        runner.wall_clock = lambda: clock[0]
+        await runner.reconcile(time.time(), {})
+        row = store.job_statuses()[("TrainingJob", "nightly")]
+        assert row.phase == "Scheduled" and row.reason.startswith("next run at ") and not runner.runs
+        clock[0] = minute + 1
+        await run_until(runner, store, lambda s: s[("TrainingJob", "nightly")].reason.startswith("last run"))
+        row = store.job_statuses()[("TrainingJob", "nightly")]
+        assert (row.phase, row.scheduled) == ("Scheduled", minute)
+        assert row.reason.startswith("last run Succeeded: 1 worker(s) exited 0; next run at ")
+        await runner.reconcile(time.time(), {})  # the same minute: no second run
+        assert not runner.runs and marker.read_text() == "run\n"
+        clock[0] = minute + 61
+        await run_until(runner, store, lambda s: s[("TrainingJob", "nightly")].scheduled == minute + 60)
+        await run_until(runner, store, lambda s: s[("TrainingJob", "nightly")].reason.startswith("last run"))
+    assert marker.read_text() == "run\nrun\n"
+    started = [m for ref, r, m in events.events if ref == "TrainingJob/nightly" and r == "Started"]
+    assert len(started) == 2
+
+
+async def test_a_fire_while_the_last_run_runs_waits_for_it_and_is_dropped_when_too_old(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "state.db")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(3)"]
+    store.apply(training("slow", command=sleeper, schedule="0 * * * *"))
+    hour = (store.resources("TrainingJob")[0].created // 3600 + 1) * 3600
+    clock = [hour + 1]
+    events = Recorder()
+    async with JobRunner(store, list(H100S), tmp_path / "logs", events) as runner:
+        runner.wall_clock = lambda: clock[0]
+        await run_until(runner, store, lambda s: s[("TrainingJob", "slow")].phase == "Running")
+        clock[0] = hour + 3601  # the next fire comes while it runs: no second run (Forbid)
+        await runner.reconcile(time.time(), {})
+        assert len(runner.runs) == 1
+        clock[0] = hour + 3600 + 601  # the run ends after that fire's starting deadline: dropped
+        await run_until(runner, store, lambda s: s[("TrainingJob", "slow")].phase == "Scheduled")
+        await runner.reconcile(time.time(), {})
+        assert not runner.runs
+        assert store.job_statuses()[("TrainingJob", "slow")].scheduled == hour
+    assert [r for ref, r, _ in events.events if ref == "TrainingJob/slow"].count("Started") == 1
+
+
+async def test_rank_zeros_progress_lines_and_the_checkpoint_dir_reach_the_status(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    code = (
+        "import json, os, sys, time\n"
+        "from aiplane import progress\n"
+        "rank, restart = int(os.environ['RANK']), int(os.environ['AIPLANE_RESTART'])\n"
+        "ckpt = os.environ['AIPLANE_CHECKPOINT_DIR']\n"
+        "resume = os.environ['AIPLANE_CHECKPOINT_RESUME']\n"
+        "open(os.path.join(ckpt, f'rank{rank}-{restart}'), 'w').write(resume)\n"
+        "if rank == 0 and restart: progress.report(resumed_from=40)\n"
+        "for step in range(3): progress.report(step=step + 1, loss=3.0 - step, rank=rank); time.sleep(0.2)\n"
+        "sys.exit(1 if restart == 0 and rank == 1 else 0)\n"
+    )
+    checkpoint = {"path": "ckpt", "resume": False}
+    store.apply(
+        training("p", 2, 0, command=[sys.executable, "-c", code], maxRestarts=2, checkpoint=checkpoint)
+    )
+    async with JobRunner(store, list(H100S), tmp_path / "logs", Recorder()) as runner:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("aiplane.runtime.local.jobs.BACKOFF_START", 0.05)
+            await run_until(runner, store, phase_of("TrainingJob", "p", "Failed", "Succeeded"))
+    row = store.job_statuses()[("TrainingJob", "p")]
+    assert (row.phase, row.restarts) == ("Succeeded", 1)
+    assert row.progress == {"resumed_from": 40, "step": 3, "loss": 1.0, "rank": 0}  # rank 0's lines only
+    directory = tmp_path / "checkpoints" / "p" / "ckpt"
+    assert sorted(p.name for p in directory.iterdir()) == ["rank0-0", "rank0-1", "rank1-0", "rank1-1"]
+    assert (directory / "rank1-1").read_text() == "false"

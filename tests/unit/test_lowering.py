@@ -448,10 +448,10 @@ def test_scheduled_training_job_is_a_cronjob_of_the_job() -> None:
 
 
 def test_training_job_needs_an_image_on_kubernetes() -> None:
-    (finetune,) = [r for r in load_file(EXAMPLES / "jobs.yaml") if isinstance(r, TrainingJob)]
-    finetune = finetune.model_copy(update={"spec": finetune.spec.model_copy(update={"image": None})})
-    with pytest.raises(ValidationError, match=r"TrainingJob/finetune: spec\.image: required on Kubernetes"):
-        lower_training_job(finetune, "default")
+    (nightly,) = [r for r in load_file(EXAMPLES / "jobs.yaml") if isinstance(r, TrainingJob)]
+    nightly = nightly.model_copy(update={"spec": nightly.spec.model_copy(update={"image": None})})
+    with pytest.raises(ValidationError, match=r"TrainingJob/nightly: spec\.image: required on Kubernetes"):
+        lower_training_job(nightly, "default")
 
 
 def test_batch_job_is_an_indexed_job_of_shards() -> None:
@@ -472,7 +472,7 @@ def test_batch_job_is_an_indexed_job_of_shards() -> None:
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["schedulerName"] == "aiplane"
     (shard,) = pod["containers"]
-    assert shard["command"] == ["aiplane", "batch", "run-shard"]
+    assert shard["command"] == ["aiplane", "run-shard"]
     assert shard["image"].startswith("ghcr.io/aiplane/aiplane:")
     env = env_of(shard)
     assert env["AIPLANE_SHARD"] == {
@@ -526,9 +526,9 @@ def test_render_prints_multi_document_yaml(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["render", "-f", str(source), "--namespace", "ml"])
     assert result.exit_code == 0, result.output
     kinds = [d["kind"] for d in yaml.safe_load_all(result.stdout)]
-    assert kinds.count("Deployment") == 2 and "CronJob" in kinds and kinds.count("Job") == 1
+    assert kinds.count("Deployment") == 3 and "CronJob" in kinds and kinds.count("Job") == 1  # + minilm
 
-    no_image = (EXAMPLES / "jobs.yaml").read_text().replace("  image: pytorch/", "  # image: pytorch/")
+    no_image = (EXAMPLES / "jobs.yaml").read_text().replace("  image: ghcr.io/", "  # image: ghcr.io/")
     source.write_text(no_image)
     result = CliRunner().invoke(app, ["render", "-f", str(source), "--namespace", "ml"])
     assert result.exit_code == 1  # a TrainingJob without an image: the error names the field

@@ -108,7 +108,24 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        raw = await self._call(method, path, body, query, content_type, "application/json")
+        return json.loads(raw) if raw else None
+
+    async def read_text(self, path: str, query: list[tuple[str, str]] | None = None) -> str:
+        """A plain-text GET, such as a pod's log (``.../pods/NAME/log``)."""
+        raw = await self._call("GET", path, None, query, "application/json", "*/*")
+        return raw.decode(errors="replace")
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        query: list[tuple[str, str]] | None,
+        content_type: str,
+        accept: str,
+    ) -> bytes:
+        headers = {"Accept": accept, "Content-Type": content_type}
         try:
             resp = await self.api.call_api(
                 path,
@@ -130,7 +147,7 @@ class Kube:
                 _explain(ApiException(status=status, reason=response.reason), method, path, raw),
                 status=status,
             )
-        return json.loads(raw) if raw else None
+        return bytes(raw)
 
     async def apply(self, obj: Manifest, force: bool = True) -> Manifest:
         """Server-side apply: idempotent, so a restarted operator never duplicates."""

@@ -101,12 +101,13 @@ _RULES: dict[tuple[str, tuple[str, ...]], Schema] = {
     ("BatchJob", ()): {
         "x-kubernetes-validations": [
             {
-                "rule": "self.task == 'custom' || (has(self.model) && size(self.model) > 0)",
+                "rule": "self.task in ['command', 'custom'] || (has(self.model) && size(self.model) > 0)",
                 "message": "task embed/generate needs spec.model (the Model to run)",
             },
             {
-                "rule": "self.task != 'custom' || (has(self.command) && size(self.command) > 0)",
-                "message": "task 'custom' needs spec.command",
+                "rule": "!(self.task in ['command', 'custom'])"
+                " || (has(self.command) && size(self.command) > 0)",
+                "message": "task 'command' needs spec.command (the argv each shard runs)",
             },
             {
                 "rule": "self.gpusPerShard <= 1.0 || self.gpusPerShard == double(int(self.gpusPerShard))",
@@ -134,6 +135,7 @@ _COLUMNS: dict[str, list[Schema]] = {
     "TrainingJob": [
         {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Workers", "type": "integer", "jsonPath": ".spec.workers"},
+        {"name": "Progress", "type": "string", "jsonPath": ".status.progressSummary"},
         {"name": "Queue", "type": "string", "jsonPath": ".spec.queue"},
         _age(),
         {"name": "Reason", "type": "string", "jsonPath": ".status.admission.reason"},
@@ -142,6 +144,7 @@ _COLUMNS: dict[str, list[Schema]] = {
     "BatchJob": [
         {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Completed", "type": "string", "jsonPath": ".status.completed"},
+        {"name": "Rows", "type": "integer", "jsonPath": ".status.rows"},
         {"name": "Queue", "type": "string", "jsonPath": ".spec.queue"},
         _age(),
         {"name": "Reason", "type": "string", "jsonPath": ".status.admission.reason"},

@@ -18,17 +18,28 @@ from typing import Any
 
 import kopf
 
+from aiplane import progress
 from aiplane.api import GROUP, VERSION, BatchJob, Model, TrainingJob
 from aiplane.errors import AiplaneError, KubernetesError, ValidationError
 from aiplane.runtime.kubernetes import reconcile
 from aiplane.runtime.kubernetes.autoscaler import ModelAutoscaler
-from aiplane.runtime.kubernetes.client import Kube
+from aiplane.runtime.kubernetes.client import Kube, resource_path
+from aiplane.runtime.kubernetes.constants import LABEL_JOB
 from aiplane.runtime.kubernetes.lowering import DEFAULT_OPTIONS, LoweringOptions, selector_string
 from aiplane.runtime.kubernetes.objects import admission_of, from_body, is_admitted, utc_now
-from aiplane.runtime.kubernetes.status import job_status, model_status, replicas_short
+from aiplane.runtime.kubernetes.status import (
+    job_status,
+    model_status,
+    rank_zero_pod,
+    replicas_short,
+    shard_counts,
+    training_progress,
+)
 
 KOPF_PREFIX = f"kopf.{GROUP}"  # kopf's bookkeeping annotations; never passed on to pods
 STATUS_SECONDS = 2.0
+PROGRESS_SECONDS = 10.0  # a running TrainingJob's rank-0 log is read this often
+LOG_TAIL_LINES, LOG_BYTES = 500, 256 * 1024
 RESYNC_SECONDS = 30.0
 AUTOSCALE_SECONDS = 1.0
 
@@ -203,11 +214,46 @@ async def _job_status(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> No
         now,
         cron=cron,
     )
+    if isinstance(job, BatchJob) and native is not None:
+        pods = await kube.list("v1", "Pod", meta["namespace"], f"{LABEL_JOB}={meta['name']}")
+        new |= shard_counts(pods)
+    elif isinstance(job, TrainingJob) and new.get("phase") in ("Running", "Scheduled"):
+        new |= await _training_progress(kube, body, memo)
     if new.get("phase") != old.get("phase") and new.get("phase") in ("Running", "Succeeded", "Failed"):
         kopf.info(
             body, reason=str(new["phase"]), message=f"{new.get('succeeded', 0)}/{completions} completed"
         )
     _patch_status(patch, old, new)
+
+
+async def _training_progress(kube: Kube, body: kopf.Body, memo: kopf.Memo) -> dict[str, Any]:
+    """``progress`` and ``progressSummary`` from rank 0's log, read every PROGRESS_SECONDS.
+
+    The pod log is what ``kubectl logs`` reads (the kubelet serves it); a job that prints
+    no progress lines, or a log that cannot be read (no kubelet answers), leaves the
+    status as it was.
+    """
+    meta, old = body["metadata"], body.get("status") or {}
+    seen: dict[str, float] = memo.setdefault("progress_read", {})
+    now = asyncio.get_running_loop().time()
+    if now - seen.get(meta["uid"], -PROGRESS_SECONDS) < PROGRESS_SECONDS:
+        return {}
+    seen[meta["uid"]] = now
+    pods = await kube.list("v1", "Pod", meta["namespace"], f"{LABEL_JOB}={meta['name']}")
+    pod = rank_zero_pod(pods)
+    if pod is None:
+        return {}
+    path = resource_path("v1", "Pod", pod["metadata"]["name"], meta["namespace"], sub="log")
+    query = [("container", "trainer"), ("tailLines", str(LOG_TAIL_LINES)), ("limitBytes", str(LOG_BYTES))]
+    try:
+        text = await kube.read_text(path, query)
+    except KubernetesError as exc:
+        log.debug("TrainingJob %s: no log from %s: %s", meta["name"], pod["metadata"]["name"], exc)
+        return {}
+    fields = training_progress(text, old.get("progress") or {})
+    if not fields:
+        return {}
+    return {"progress": fields, "progressSummary": progress.summary(fields)}
 
 
 def run(namespace: str | None = None, kubeconfig: str | None = None, liveness: str | None = None) -> None:

@@ -6,7 +6,12 @@ Follows the API conventions: ``observedGeneration``, and ``conditions`` whose
 
 from __future__ import annotations
 
+import contextlib
+import json
 from typing import Any
+
+from aiplane import progress
+from aiplane.runtime.kubernetes.constants import COMPLETION_INDEX_ANNOTATION
 
 Manifest = dict[str, Any]
 
@@ -117,6 +122,66 @@ def model_status(
         "selector": selector,
         "conditions": [ready_cond, progressing, degraded],
     }
+
+
+def shard_counts(pods: list[Manifest]) -> Manifest:
+    """Rows and bad rows of a BatchJob's finished shards, from their termination messages.
+
+    The shard runner writes ``{"shard", "rows", "errors"}`` to ``/dev/termination-log``;
+    the kubelet puts it in the container's terminated state. Only Succeeded pods count,
+    one per completion index (a retried index has one success at most), so a shard
+    that failed and ran again counts once. Pods that left no message (a command in the
+    user's own image, KWOK's simulated pods) count as shards, not rows.
+    """
+    by_index: dict[str, Manifest] = {}
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") != "Succeeded":
+            continue
+        index = (pod.get("metadata", {}).get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
+        if index is None:
+            continue
+        report: Manifest = {}
+        for container in pod["status"].get("containerStatuses") or []:
+            message = ((container.get("state") or {}).get("terminated") or {}).get("message")
+            with contextlib.suppress(ValueError, TypeError):
+                parsed = json.loads(message or "")
+                if isinstance(parsed, dict):
+                    report = parsed
+        by_index[index] = report
+    reported = [r for r in by_index.values() if isinstance(r.get("rows"), int)]
+    out: Manifest = {"shardsCompleted": len(by_index)}
+    if reported:
+        out |= {
+            "rows": sum(int(r["rows"]) for r in reported),
+            "errors": sum(int(r.get("errors") or 0) for r in reported),
+            "shardsReported": len(reported),
+        }
+    return out
+
+
+def rank_zero_pod(pods: list[Manifest]) -> Manifest | None:
+    """The pod whose log holds a TrainingJob's progress: rank 0, the newest run's, running first.
+
+    Rank 0 reports progress (docs/jobs.md); a restarted gang, or a CronJob's next run,
+    has a new rank-0 pod, and its log is the one that moves.
+    """
+    zeros = [
+        p
+        for p in pods
+        if (p.get("metadata", {}).get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION) == "0"
+        and (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")
+    ]
+    if not zeros:
+        return None
+    return max(
+        zeros,
+        key=lambda p: (p["status"]["phase"] == "Running", p["metadata"].get("creationTimestamp") or ""),
+    )
+
+
+def training_progress(log: str, previous: Manifest) -> Manifest:
+    """``status.progress``: the progress lines of rank 0's log, over what the status had."""
+    return progress.merge_lines(log.splitlines(), previous)
 
 
 def _job_finished(job: Manifest) -> str | None:

@@ -63,7 +63,8 @@ class LocalController:
         self._drain_for: dict[str, float] = {}  # model -> the longest a draining replica waits
         self._written: dict[str, tuple[object, ...]] = {}
         self.signals = LocalSignals(load, self.supervisor, engines)
-        self.jobs = JobRunner(store, gpus, logs / "jobs", self.event, host)
+        checkpoints = logs.parent / "checkpoints"
+        self.jobs = JobRunner(store, gpus, logs / "jobs", self.event, host, checkpoints=checkpoints)
 
     # -- events and observed state -------------------------------------------------
     def event(self, ref: str, reason: str, message: str) -> None:

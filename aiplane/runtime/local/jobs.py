@@ -15,10 +15,18 @@ A TrainingJob's workers are one world: ``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``
 ``MASTER_PORT`` and torchrun's ``PET_*`` variables, as on Kubernetes, where each worker
 is a pod. Locally each worker is a process confined by ``CUDA_VISIBLE_DEVICES`` to its
 own GPUs, so it is a node of its own too: ``LOCAL_RANK`` is 0 and ``cuda:0`` is its first
-GPU. When every worker exits 0 the job has Succeeded; when one fails the others are
-stopped and the whole gang restarts on the same GPUs, up to ``maxRestarts`` times, then
-Failed. A BatchJob (task ``custom``) runs its shards through ``parallelism`` slots, each
-shard retried on its own up to ``maxRetries``. Its GPUs are free for the next tick.
+GPU. Every run gets ``AIPLANE_CHECKPOINT_DIR`` (docs/jobs.md: the job saves there and
+resumes from there) and ``AIPLANE_RESTART``. When every worker exits 0 the job has
+Succeeded; when one fails the others are stopped and the whole gang restarts on the same
+GPUs, up to ``maxRestarts`` times, then Failed. Rank 0's progress lines
+(:mod:`aiplane.progress`) become the status' progress: step, loss, throughput, and the
+step a restart resumed from. A scheduled job (``spec.schedule``) runs once per cron fire
+(:mod:`.cron`), each run queued on its own; between runs it is ``Scheduled``.
+
+A BatchJob runs its shards through ``parallelism`` slots, each shard retried on its own
+up to ``maxRetries``; every shard is ``python -m aiplane run-shard`` (the entrypoint of
+a Kubernetes pod, :mod:`aiplane.batch`), which skips shards whose output is already
+done. Its progress is the output's manifests plus the running shards' lines.
 
 A plane that stops requeues what ran (``Pending``, to run again from the start, or from
 its checkpoint); one that died leaves rows that the next plane finds: it kills the
@@ -32,13 +40,18 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from aiplane.api import Queue
+from aiplane.api import Model, Queue
+from aiplane.engines.sources import resolve_local
+from aiplane.errors import AiplaneError
 from aiplane.policies.scheduling import Gpu
+from aiplane.runtime.local.cron import due_fire, fire_text, next_fire
 from aiplane.runtime.local.cycle import (
     RESERVE_AFTER_S,
     Evict,
@@ -50,6 +63,7 @@ from aiplane.runtime.local.cycle import (
     schedule,
 )
 from aiplane.runtime.local.gpus import visible_devices_env
+from aiplane.runtime.local.job_progress import LogTail, batch_progress
 from aiplane.runtime.local.process import alive, cmdline, free_port, kill_group, tail
 from aiplane.runtime.local.store import JobStatusRow, Store
 from aiplane.runtime.local.workloads import JOB_KINDS, LocalJob, devices_text, local_job
@@ -57,7 +71,10 @@ from aiplane.runtime.local.workloads import JOB_KINDS, LocalJob, devices_text, l
 log = logging.getLogger(__name__)
 BACKOFF_START, BACKOFF_CAP = 1.0, 10.0
 STOP_TIMEOUT = 10.0  # a job's task gets this long (past its workers' grace) to stop them
-STOP_GRACE = 5.0  # SIGTERM to SIGKILL when a job is stopped, not preempted
+STOP_GRACE = 5.0  # SIGTERM to SIGKILL when a job is deleted
+# A stopping plane gives its jobs their gracePeriod to checkpoint, up to this much (the
+# plane's watchdog ends a stop that takes 25 s, and the gateway's drain comes first).
+SHUTDOWN_GRACE_CAP = 10.0
 EVENT_OF = {
     "placement": "Unschedulable",
     "quota": "Queued",
@@ -65,6 +82,7 @@ EVENT_OF = {
     "unsupported": "Unsupported",
 }
 STOPPING_REASON = "waiting for the workers of its previous run to stop"
+PROGRESS_EVERY = 1.0  # a running job's progress is written at most this often
 EventSink = Callable[[str, str, str], None]
 
 
@@ -81,6 +99,11 @@ class Run:
     grace: float = STOP_GRACE  # SIGTERM to SIGKILL once it is told to stop (gracePeriod if preempted)
     procs: dict[int, asyncio.subprocess.Process] = field(default_factory=dict)
     outcome: tuple[str, str] | None = None  # (Succeeded | Failed, reason) once it ended
+    scheduled: float | None = None  # the cron fire this run is (scheduled TrainingJobs)
+    progress: dict[str, Any] = field(default_factory=dict)  # merged progress lines (rank 0)
+    tails: dict[int, LogTail] = field(default_factory=dict)  # slot -> its log, read since its start
+    shard_lines: dict[int, dict[str, Any]] = field(default_factory=dict)  # shard -> its last line
+    progress_written: float = 0.0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -103,8 +126,12 @@ class JobRunner:
         event: EventSink,
         host: str = "127.0.0.1",
         reserve_after_s: float = RESERVE_AFTER_S,
+        checkpoints: Path | None = None,
     ) -> None:
         self.store, self.gpus, self.logs, self.host = store, gpus, logs, host
+        self.checkpoints = checkpoints or logs.parent / "checkpoints"
+        self.gateway_url: str | None = None  # the plane's /v1, for embed and generate shards
+        self.api_key: str | None = None
         self._event = event
         self.reserve_after_s = reserve_after_s
         self.runs: dict[str, Run] = {}
@@ -115,6 +142,8 @@ class JobRunner:
         self._stopping: dict[int, Run] = {}  # by id(): stopped runs whose workers may still live
         self._background: set[asyncio.Task[None]] = set()  # stops running in the background
         self._closing = False
+        self._fires: dict[str, float] = {}  # scheduled job key -> the cron fire its pending run is for
+        self.wall_clock: Callable[[], float] = time.time  # cron reads this clock (tests move it)
 
     async def __aenter__(self) -> JobRunner:
         return self
@@ -163,13 +192,18 @@ class JobRunner:
                 if alive(pid) and cmdline(pid) == row.argv:
                     await kill_group(pid)
             reason = "requeued: the plane stopped while it ran"
-            self._write(row.kind, row.name, row.generation, "Pending", reason, restarts=row.restarts)
+            self._write(
+                row.kind, row.name, row.generation, "Pending", reason, restarts=row.restarts,
+                progress=row.progress, scheduled=row.scheduled,
+            )  # fmt: skip
             self._event(f"{row.kind}/{row.name}", "Requeued", reason)
 
     async def stop_all(self) -> None:
-        """Stop every job (the plane is stopping) and requeue it."""
+        """Stop every job (the plane is stopping), each with its grace to checkpoint; requeue it."""
         runs = list(self.runs.values())
         self.runs.clear()
+        for run in runs:
+            run.grace = min(run.job.preemption_grace_s, SHUTDOWN_GRACE_CAP)
         await asyncio.gather(*(self._stop(run) for run in runs), *self._background, return_exceptions=True)
         for run in runs:
             job = run.job
@@ -181,6 +215,8 @@ class JobRunner:
                     "Pending",
                     "requeued: the plane stopped",
                     restarts=run.restarts,
+                    progress=run.progress,
+                    scheduled=run.scheduled,
                 )
             else:
                 self._finish(run)
@@ -219,13 +255,17 @@ class JobRunner:
             wanted = jobs.get(key)
             if wanted is None or wanted.generation != run.job.generation:
                 del self.runs[key]
+                if wanted is not None:  # changed: the next run resumes from what this one saves
+                    run.grace = min(run.job.preemption_grace_s, SHUTDOWN_GRACE_CAP)
                 self._stop_soon(run)
                 why = "deleted" if wanted is None else "its spec changed; it runs again with the new one"
                 self._event(key, "Stopped", f"{why}: workers stopped")
             elif run.outcome is not None:
                 del self.runs[key]
-                self._finish(run)
+                self._finish(run)  # a scheduled job's next fire is looked at from the next tick
                 jobs[key] = local_job_finished(run.job)
+            elif self._refresh_progress(run) and time.monotonic() - run.progress_written >= PROGRESS_EVERY:
+                self._write_running(run)
         stopping = {run.job.key for run in self._stopping.values()}
         # a preemptor is told of its victims while they stop, and for one cycle after: in
         # that one it has the first turn at the room they left (cycle.schedule)
@@ -243,6 +283,8 @@ class JobRunner:
         pending: list[LocalJob] = []
         for key, job in jobs.items():
             if key in self.runs or job.finished:
+                continue
+            if job.schedule and not self._fire_due(job, statuses.get((job.kind, job.name))):
                 continue
             if key in stopping:  # its last run's workers still hold its GPUs: not a candidate yet
                 row, restarts = restarts_of(job)
@@ -290,18 +332,26 @@ class JobRunner:
         self.preempting.setdefault(evict.by, []).append(job.key)
         self._requeued[job.key] = now
         reason = f"requeued: {evict.reason}"
-        self._write(job.kind, job.name, job.generation, "Pending", reason, restarts=run.restarts)
+        self._write(
+            job.kind, job.name, job.generation, "Pending", reason, restarts=run.restarts,
+            progress=run.progress, scheduled=run.scheduled,
+        )  # fmt: skip
         self._event(job.key, "Preempted", f"{reason}; workers get SIGTERM and {run.grace:g}s to stop")
 
     def _wait(self, job: LocalJob, decision: Wait, row: JobStatusRow | None, restarts: int) -> None:
         current = row is not None and row.generation == job.generation
         if current and row is not None and row.phase == "Pending" and row.reason == decision.reason:
             return  # written and evented once per change, not every tick
-        self._write(job.kind, job.name, job.generation, "Pending", decision.reason, restarts=restarts)
+        kept = row if current else None
+        self._write(
+            job.kind, job.name, job.generation, "Pending", decision.reason, restarts=restarts,
+            progress=kept.progress if kept else None, scheduled=self._fires.get(job.key),
+        )  # fmt: skip
         self._event(job.key, EVENT_OF[decision.cause], decision.reason)
 
     def _start(self, job: LocalJob, decision: Start, now: float, restarts: int) -> None:
         run = Run(job, decision.devices, decision.flavor, now, decision.reason, restarts=restarts)
+        run.scheduled = self._fires.pop(job.key, None)
         self.runs[job.key] = run
         self._write_running(run)
         self._event(job.key, "Started", f"devices {devices_text(decision.devices)} ({decision.reason})")
@@ -311,11 +361,61 @@ class JobRunner:
         assert run.outcome is not None
         phase, reason = run.outcome
         job = run.job
+        self._refresh_progress(run)
+        shown, why = phase, reason
+        if job.schedule and run.scheduled is not None:  # the job waits for its next fire
+            at = fire_text(next_fire(job.schedule, max(run.scheduled, self.wall_clock())))
+            shown, why = "Scheduled", f"last run {phase}: {reason}; next run at {at}"
         self._write(
-            job.kind, job.name, job.generation, phase, reason, flavor=run.flavor, devices=run.devices,
-            restarts=run.restarts, started=run.started, finished=time.time(),
+            job.kind, job.name, job.generation, shown, why, flavor=run.flavor, devices=run.devices,
+            restarts=run.restarts, started=run.started, finished=time.time(), progress=run.progress,
+            scheduled=run.scheduled,
         )  # fmt: skip
         self._event(job.key, phase, reason)
+
+    # -- cron and progress ----------------------------------------------------------------
+    def _fire_due(self, job: LocalJob, row: JobStatusRow | None) -> bool:
+        """Whether a scheduled job has a run to queue now (and note which fire it is)."""
+        assert job.schedule
+        if job.key in self._fires:
+            return True  # a fire already queued, waiting for its turn
+        current = row if row is not None and row.generation == job.generation else None
+        if current is not None and current.phase == "Pending" and current.scheduled is not None:
+            self._fires[job.key] = current.scheduled  # requeued (preempted, or the plane stopped)
+            return True
+        last = current.scheduled if current and current.scheduled is not None else job.created
+        fire = due_fire(job.schedule, last, self.wall_clock())
+        if fire is not None:
+            self._fires[job.key] = fire
+            return True
+        if current is None:  # new (or changed): say when it first runs; a run's end says the next
+            at = fire_text(next_fire(job.schedule, max(last, self.wall_clock())))
+            self._write(job.kind, job.name, job.generation, "Scheduled", f"next run at {at}")
+        return False
+
+    def _refresh_progress(self, run: Run) -> bool:
+        """Read what the run's logs gained; True when its progress changed."""
+        before = dict(run.progress)
+        if run.job.gang:
+            if (tail0 := run.tails.get(0)) is not None:
+                for fields in tail0.read():
+                    run.progress.update(fields)
+        else:
+            for slot_tail in run.tails.values():
+                for fields in slot_tail.read():
+                    if isinstance(shard := fields.get("shard"), int):
+                        run.shard_lines[shard] = fields
+            run.progress = self._batch_progress(run)
+        return run.progress != before
+
+    def _batch_progress(self, run: Run) -> dict[str, Any]:
+        job = run.job
+        if job.output is None or job.task is None:
+            return {}
+        from aiplane.batch import scan  # TODO: top-level once aiplane.batch lands
+
+        state = scan(job.output, job.tasks)
+        return batch_progress(job.tasks, state.done, state.rows, state.errors, run.shard_lines)
 
     # -- status rows ----------------------------------------------------------------------
     def _write(
@@ -333,11 +433,13 @@ class JobRunner:
         restarts: int = 0,
         started: float | None = None,
         finished: float | None = None,
+        progress: Mapping[str, Any] | None = None,
+        scheduled: float | None = None,
     ) -> None:
         self.store.set_job_status(
             JobStatusRow(
                 kind, name, generation, phase, reason, flavor, [list(d) for d in devices], pids or [],
-                argv or [], restarts, started, finished, time.time(),
+                argv or [], restarts, started, finished, time.time(), dict(progress or {}), scheduled,
             )
         )  # fmt: skip
 
@@ -345,9 +447,11 @@ class JobRunner:
         if self.runs.get(run.job.key) is not run:
             return  # stopped meanwhile: its status is no longer this run's
         job = run.job
+        run.progress_written = time.monotonic()
         self._write(
             job.kind, job.name, job.generation, "Running", run.reason, flavor=run.flavor, devices=run.devices,
             pids=run.pids, argv=list(job.command), restarts=run.restarts, started=run.started,
+            progress=run.progress, scheduled=run.scheduled,
         )  # fmt: skip
 
     # -- processes ------------------------------------------------------------------------
@@ -373,7 +477,8 @@ class JobRunner:
         job = run.job
         path = self._log_path(job, slot)
         path.parent.mkdir(parents=True, exist_ok=True)
-        full = os.environ | dict(env) | dict(job.env) | visible_devices_env(run.devices[slot])
+        full = os.environ | dict(env) | self._job_env(run) | dict(job.env)
+        full |= visible_devices_env(run.devices[slot])
         with path.open("ab") as logf:
             logf.write(f"--- aiplane: starting {job.key} {what}: {json.dumps(list(job.command))}\n".encode())
             logf.flush()
@@ -387,6 +492,55 @@ class JobRunner:
         run.procs[slot] = proc
         self._write_running(run)
         return proc
+
+    def _job_env(self, run: Run) -> dict[str, str]:
+        """What only this plane knows: the checkpoint directory, the gateway, the Model's file.
+
+        ``PATH`` starts with this plane's interpreter's directory, so a job's ``python``,
+        ``torchrun`` or ``aiplane`` is the environment aiplane runs in, as the image's
+        would be in a pod.
+        """
+        job = run.job
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
+        if job.gang:
+            directory = self.checkpoint_dir(job)
+            directory.mkdir(parents=True, exist_ok=True)
+            return {
+                "PATH": path,
+                "AIPLANE_CHECKPOINT_DIR": str(directory),
+                "AIPLANE_CHECKPOINT_RESUME": str(job.resume).lower(),
+                "AIPLANE_RESTART": str(run.restarts),
+            }
+        env: dict[str, str] = {"PATH": path, "PYTHONUNBUFFERED": "1"}
+        if job.task not in ("embed", "generate") or job.model is None:
+            return env
+        if job.task == "embed" and (onnx := self._local_embeddings(job.model)) is not None:
+            # embedded in-process, as the engine does; the cores shared by the parallel shards
+            # (onnxruntime would give each shard a thread per core: 0.76x instead of 0.97x of
+            # one plain loop with 2 shards on 2 cores, bench/batch_embed.py)
+            threads = max(1, (os.cpu_count() or 1) // job.slots)
+            return env | {"AIPLANE_MODEL_PATH": str(onnx), "AIPLANE_THREADS": str(threads)}
+        if self.gateway_url:
+            env["AIPLANE_MODEL_URL"] = self.gateway_url
+        if self.api_key:
+            env["AIPLANE_API_KEY"] = self.api_key
+        return env
+
+    def checkpoint_dir(self, job: LocalJob) -> Path:
+        """``spec.checkpoint.path`` when absolute; else under ``AIPLANE_HOME/checkpoints/<job>``."""
+        if job.checkpoint and Path(job.checkpoint).is_absolute():
+            return Path(job.checkpoint)
+        return self.checkpoints / job.name / (job.checkpoint or "")
+
+    def _local_embeddings(self, model: str) -> Path | None:
+        """The ONNX file of a stored ``embeddings`` Model, which a shard can run itself."""
+        stored = next((r.resource for r in self.store.resources("Model") if r.resource.name == model), None)
+        if not isinstance(stored, Model) or stored.spec.engine != "embeddings":
+            return None
+        try:
+            return resolve_local(stored.spec.source)
+        except AiplaneError:
+            return None  # not a local file: the shard goes through the gateway
 
     @staticmethod
     async def _reap(proc: asyncio.subprocess.Process, grace: float = STOP_GRACE) -> None:
@@ -412,6 +566,7 @@ class JobRunner:
         while True:
             port = free_port(self.host)
             procs: list[asyncio.subprocess.Process] = []
+            run.tails = {0: LogTail(self._log_path(job, 0))}  # rank 0 reports the job's progress
             try:
                 for rank in range(job.slots):
                     procs.append(await self._spawn(run, rank, self._world(run, rank, port), f"worker {rank}"))
@@ -440,6 +595,7 @@ class JobRunner:
         todo = list(range(job.tasks))
 
         async def slot_loop(slot: int) -> None:
+            run.tails[slot] = LogTail(self._log_path(job, slot))
             while todo:
                 shard, tries, backoff = todo.pop(0), 0, BACKOFF_START
                 while True:

@@ -94,6 +94,10 @@ async def serve(
         ):
             address = f"http://{options.host}:{options.port}"
             store.claim_plane(os.getpid(), address)
+            # embed and generate shards reach their Model through this gateway, on loopback
+            loopback = "127.0.0.1" if options.host in ("0.0.0.0", "::", "") else options.host
+            controller.jobs.gateway_url = f"http://{loopback}:{options.port}/v1"
+            controller.jobs.api_key = min(options.api_keys) if options.api_keys else None
             if options.on_ready:
                 options.on_ready(address)
             task = asyncio.create_task(controller.run(), name="controller")

@@ -12,7 +12,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,18 @@ CREATE TABLE IF NOT EXISTS job_status (
     reason TEXT NOT NULL DEFAULT '', flavor TEXT, devices TEXT NOT NULL DEFAULT '[]',
     pids TEXT NOT NULL DEFAULT '[]', argv TEXT NOT NULL DEFAULT '[]',
     restarts INTEGER NOT NULL DEFAULT 0, started REAL, finished REAL, updated REAL NOT NULL,
+    progress TEXT NOT NULL DEFAULT '{}', scheduled REAL,
     PRIMARY KEY (kind, name));
 CREATE TABLE IF NOT EXISTS plane (
     id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL, address TEXT NOT NULL,
     started REAL NOT NULL);
 """
+# Columns added after a table was first released: a database made by an older aiplane
+# gets them on open (SQLite's ADD COLUMN, with the same declaration as in SCHEMA).
+ADDED_COLUMNS = (
+    ("job_status", "progress", "TEXT NOT NULL DEFAULT '{}'"),
+    ("job_status", "scheduled", "REAL"),
+)
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,8 @@ class JobStatusRow:
     started: float | None
     finished: float | None
     updated: float
+    progress: dict[str, Any] = field(default_factory=dict)  # merged progress lines (aiplane.progress)
+    scheduled: float | None = None  # a cron job's last schedule time
 
 
 # Fields the plane applies to running replicas as they are: changing them rolls none.
@@ -118,6 +127,10 @@ class Store:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            for table, column, declaration in ADDED_COLUMNS:
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         finally:
             db.close()
 
@@ -234,11 +247,14 @@ class Store:
     def set_job_status(self, row: JobStatusRow) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO job_status VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO job_status (kind, name, generation, phase, reason, flavor, devices,"
+                " pids, argv, restarts, started, finished, updated, progress, scheduled)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     row.kind, row.name, row.generation, row.phase, row.reason, row.flavor,
                     json.dumps(row.devices), json.dumps(row.pids), json.dumps(row.argv),
-                    row.restarts, row.started, row.finished, row.updated,
+                    row.restarts, row.started, row.finished, row.updated, json.dumps(row.progress),
+                    row.scheduled,
                 ),
             )  # fmt: skip
 
@@ -249,11 +265,14 @@ class Store:
     def job_statuses(self) -> dict[tuple[str, str], JobStatusRow]:
         """Every job's status, by (kind, name)."""
         with self._tx() as db:
-            rows = db.execute("SELECT * FROM job_status").fetchall()
+            rows = db.execute(
+                "SELECT kind, name, generation, phase, reason, flavor, devices, pids, argv, restarts,"
+                " started, finished, updated, progress, scheduled FROM job_status"
+            ).fetchall()
         return {
             (r[0], r[1]): JobStatusRow(
                 r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), json.loads(r[7]), json.loads(r[8]),
-                r[9], r[10], r[11], r[12],
+                r[9], r[10], r[11], r[12], json.loads(r[13]), r[14],
             )
             for r in rows
         }  # fmt: skip

@@ -11,6 +11,7 @@ One adapter per kind builds it (``ADAPTERS``); nothing else looks at the kind.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,8 +20,12 @@ from aiplane.api import BatchJob, TrainingJob, parse_duration
 from aiplane.api.meta import Resource
 from aiplane.policies.scheduling.fleet import MILLI, PodShape
 from aiplane.policies.scheduling.workload import Demand
+from aiplane.runtime.job_env import RUNNER_ARGV, shard_env
 
 TERMINAL = ("Succeeded", "Failed")
+#: Every local shard runs the shard runner (``aiplane run-shard``, as a Kubernetes pod
+#: does), with the interpreter of this plane: a task ``command`` is run by it in turn.
+SHARD_RUNNER = (sys.executable, "-m", "aiplane", *RUNNER_ARGV[1:])
 JOB_KINDS = ("TrainingJob", "BatchJob")
 
 
@@ -52,6 +57,12 @@ class LocalJob:
     finished: bool = False
     suspended: bool = False
     preemption_grace_s: float = 120.0  # spec.gracePeriod: SIGTERM, then this long before SIGKILL
+    schedule: str | None = None  # cron: each fire is a run of its own (TrainingJob)
+    checkpoint: str | None = None  # spec.checkpoint.path (TrainingJob); the runner resolves it
+    resume: bool = True
+    model: str | None = None  # the Model an embed or generate BatchJob runs
+    task: str | None = None
+    output: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
@@ -90,36 +101,26 @@ def _deadline(value: str | None) -> float | None:
 def _training(job: Resource, generation: int, created: float, finished: bool) -> LocalJob:
     assert isinstance(job, TrainingJob)
     spec = job.spec
-    unsupported = None
-    if spec.schedule:
-        unsupported = "spec.schedule (cron) is not run by the local runtime; apply it without one"
+    ckpt = spec.checkpoint
     return LocalJob(
         "TrainingJob", job.name, generation, created, spec.queue, spec.priority,
         slots=spec.workers, gpus_per_slot=spec.gpus_per_worker, gpu_model=spec.gpu_model,
         command=tuple(spec.command), env=spec.env, tasks=spec.workers, gang=True,
         max_restarts=spec.max_restarts, deadline_s=_deadline(spec.active_deadline),
-        unsupported=unsupported, finished=finished, preemption_grace_s=parse_duration(spec.grace_period),
+        finished=finished, preemption_grace_s=parse_duration(spec.grace_period), schedule=spec.schedule,
+        checkpoint=ckpt.path if ckpt else None, resume=ckpt.resume if ckpt else True,
     )  # fmt: skip
 
 
 def _batch(job: Resource, generation: int, created: float, finished: bool) -> LocalJob:
     assert isinstance(job, BatchJob)
     spec = job.spec
-    unsupported = None
-    if spec.task != "custom":
-        unsupported = f"task {spec.task!r} does not run locally yet (task 'custom' does)"
-    env = {
-        "AIPLANE_SHARDS": str(spec.shards),
-        "AIPLANE_TASK": spec.task,
-        "AIPLANE_INPUT": spec.input,
-        "AIPLANE_OUTPUT": spec.output,
-    }
     return LocalJob(
         "BatchJob", job.name, generation, created, spec.queue, spec.priority,
         slots=min(spec.parallelism, spec.shards), gpus_per_slot=spec.gpus_per_shard, gpu_model=None,
-        command=tuple(spec.command), env=env, tasks=spec.shards, gang=False,
-        max_restarts=spec.max_retries, unsupported=unsupported, finished=finished,
-        preemption_grace_s=parse_duration(spec.grace_period),
+        command=SHARD_RUNNER, env=shard_env(job), tasks=spec.shards, gang=False,
+        max_restarts=spec.max_retries, finished=finished, model=spec.model, task=spec.task,
+        output=spec.output, preemption_grace_s=parse_duration(spec.grace_period),
     )  # fmt: skip
 
 

@@ -7,11 +7,11 @@ queued like a TrainingJob (``suspend``, ``schedulerName: aiplane``, the queue la
 but has no gang: any number of its pods may run (``aiplane.dev/gang-size: 1`` tells the
 scheduler to place each shard on its own).
 
-The shard runner reads its work from the environment:
-``AIPLANE_SHARD`` (the completion index), ``AIPLANE_SHARDS``, ``AIPLANE_TASK``,
-``AIPLANE_INPUT``, ``AIPLANE_OUTPUT`` and, for ``embed``/``generate``,
-``AIPLANE_MODEL`` and ``AIPLANE_MODEL_URL`` (the Model's Service,
-``http://<model>.<ns>.svc/v1``). ``pvc://claim/path`` inputs and outputs are mounted
+Pods run ``aiplane run-shard``, the shard runner local shards run too, with
+:func:`aiplane.runtime.job_env.shard_env` plus ``AIPLANE_SHARD`` (the completion
+index) and, for ``embed``/``generate``, ``AIPLANE_MODEL_URL`` (the Model's Service,
+``http://<model>.<ns>.svc/v1``). A ``command`` task in the user's own image runs its
+command as it is. ``pvc://claim/path`` inputs and outputs are mounted
 under ``/data/<claim>`` and passed as local paths; other URIs pass through unchanged.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 from aiplane.api import BatchJob, parse_duration
+from aiplane.runtime.job_env import RUNNER_ARGV, shard_env
 from aiplane.runtime.kubernetes.constants import (
     AIPLANE_UID,
     ANNOTATION_GANG_SIZE,
@@ -48,7 +49,6 @@ from aiplane.runtime.kubernetes.lowering.training import queue_labels
 APP = "batchjob"
 COMPONENT = "batch-shard"
 DATA_MOUNT = "/data"
-RUNNER_COMMAND = ["aiplane", "batch", "run-shard"]
 RUNNER_RESOURCES = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
 
 
@@ -93,22 +93,22 @@ def lower_batch_job(
     if len(last_host) > 63:
         raise fail(job, "metadata.name", f"too long for pod hostnames ({last_host!r} exceeds 63 characters)")
     volumes, mounts, data_env = _data(job)
-    static = {
-        "AIPLANE_SHARDS": str(spec.shards),
-        "AIPLANE_TASK": spec.task,
-        **data_env,
-        "AIPLANE_JOB": job.name,
-        "AIPLANE_QUEUE": spec.queue,
-    }
+    static = shard_env(job) | data_env
     if spec.model:
-        static |= {"AIPLANE_MODEL": spec.model, "AIPLANE_MODEL_URL": model_url(spec.model, namespace)}
+        static["AIPLANE_MODEL_URL"] = model_url(spec.model, namespace)
     gpu = gpu_placement(job, spec.gpus_per_shard, None, "spec.gpusPerShard")
-    own_runner = spec.task != "custom"
+    # A command in the user's own image runs as it is (the image need not hold aiplane);
+    # everything else runs the shard runner of the aiplane image, which runs a command
+    # task's argv itself (AIPLANE_COMMAND) and gives it atomic, skip-if-done outputs.
+    own_runner = not (spec.task == "command" and spec.image)
     container: Manifest = {
         "name": "shard",
         "image": spec.image or options.image,
-        "command": list(RUNNER_COMMAND if own_runner else spec.command),
+        "command": list(RUNNER_ARGV if own_runner else spec.command),
         "env": env_list(static, {"AIPLANE_SHARD": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}),
+        # the runner writes {"shard", "rows", "errors"} to /dev/termination-log, and the
+        # operator counts rows from it; a shard that dies leaves its log's tail instead
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if own_runner:
         runner = resources(None, None, gpu)
