@@ -1,0 +1,83 @@
+"""``examples/train-tiny.yaml`` on a real ``aiplane up``: DDP on gloo, a killed worker, a resume.
+
+Two workers train the example's character transformer with real PyTorch. Once the
+job has saved a checkpoint, worker 1 is SIGKILLed: the runtime stops worker 0,
+restarts the gang, and the new run resumes from the last checkpoint, not from step 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aiplane import progress
+from aiplane.runtime.local.store import JobStatusRow
+from tests.e2e.plane import Plane
+
+pytestmark = pytest.mark.e2e
+pytest.importorskip("torch", reason="the train extra (make install) brings torch")
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "train-tiny.yaml"
+
+
+def wait_row(plane: Plane, done: object, timeout: float) -> JobStatusRow:
+    deadline = time.monotonic() + timeout
+    row = None
+    while time.monotonic() < deadline:
+        row = plane.store.job_statuses().get(("TrainingJob", "train-tiny"))
+        if row is not None and done(row):  # type: ignore[operator]
+            return row
+        if row is not None and row.phase == "Failed":
+            raise AssertionError(f"train-tiny failed: {row.reason}")
+        time.sleep(0.1)
+    raise TimeoutError(f"train-tiny: {row}\n{plane.log_text()}")
+
+
+def test_train_tiny_resumes_from_its_checkpoint_after_a_worker_is_killed(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    plane = Plane(home, [EXAMPLE], cwd=ROOT).start()  # the example's paths are the repository's
+    try:
+        row = wait_row(plane, lambda r: r.progress.get("checkpoint_step", 0) >= 50 and len(r.pids) == 2, 120)
+        assert row.phase == "Running" and row.restarts == 0
+        saved = row.progress["checkpoint_step"]
+        os.kill(row.pids[1], signal.SIGKILL)  # worker 1, mid-run
+        row = wait_row(plane, lambda r: r.phase == "Succeeded", 180)
+        logs = subprocess.run(
+            [sys.executable, "-m", "aiplane", "logs", "trainingjob/train-tiny", "--tail", "400"],
+            env=os.environ | {"AIPLANE_HOME": str(home)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        plane.stop()
+    assert row.restarts == 1
+    resumed = row.progress["resumed_from"]
+    assert resumed >= saved > 0, "the restart resumed from a checkpoint, not from step 0"
+    assert row.progress["step"] == row.progress["total_steps"] == 300
+    events = [(r, m) for _, ref, r, m in plane.store.events(limit=200) if ref == "TrainingJob/train-tiny"]
+    assert [r for r, _ in events if r in ("Started", "Restarting", "Succeeded")] == [
+        "Started",
+        "Restarting",
+        "Succeeded",
+    ]
+    assert "worker 1 exited with code -9" in next(m for r, m in events if r == "Restarting")
+    # rank 0's progress lines: the loss falls over the run, and the second run began after `resumed`
+    worker0 = home / "logs" / "jobs" / "trainingjob-train-tiny" / "worker-0.log"
+    lines = [f for f in map(progress.parse, worker0.read_text().splitlines()) if f and "loss" in f]
+    steps = [f["step"] for f in lines]
+    assert steps[0] < saved and steps[-1] == 300
+    restart_at = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    assert steps[restart_at] > resumed  # the first step the new run reports comes after its checkpoint
+    assert lines[-1]["loss"] < 0.6 * lines[0]["loss"]
+    checkpoints = sorted(p.name for p in (home / "checkpoints" / "train-tiny" / "train-tiny").iterdir())
+    assert checkpoints[-1] == "step-000300.pt" and not [c for c in checkpoints if c.endswith(".tmp")]
+    assert "[worker-0]" in logs and "[worker-1]" in logs  # aiplane logs follows both workers
