@@ -226,6 +226,21 @@ def logs(
 
 
 @app.command()
+def wait(
+    target: Annotated[str, typer.Argument(help="job/NAME, trainingjob/NAME (tj/) or batchjob/NAME (bj/)")],
+    timeout: Annotated[float | None, typer.Option(help="give up after this many seconds (exit 2)")] = None,
+) -> None:
+    """Follow a local job to its end with a progress bar (rows/s or steps/s, time left).
+
+    Exit 0 when it Succeeded, 1 when it Failed, 2 when --timeout ran out first.
+    """
+    from aiplane.cli.wait import wait_job
+
+    if code := wait_job(target, timeout):
+        raise typer.Exit(code)
+
+
+@app.command()
 def operator(
     namespace: Annotated[str | None, typer.Option(help="watch one namespace (default: all)")] = None,
     kubeconfig: Annotated[

@@ -183,7 +183,15 @@ def test_the_jobs_example_runs_on_the_local_plane(tmp_path: Path) -> None:
     (tmp_path / "home").mkdir()
     plane = Plane(tmp_path / "home", [tmp_path / "examples" / "jobs.yaml"], cwd=tmp_path).start()
     try:
-        row = wait_job(plane, "embed-corpus", lambda r: r.phase == "Succeeded", 180)
+        waited = subprocess.run(  # follows the job with its progress bar; exit 0 once it Succeeded
+            [sys.executable, "-m", "aiplane", "wait", "bj/embed-corpus", "--timeout", "180"],
+            env={"AIPLANE_HOME": str(plane.home), "COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+        row = wait_job(plane, "embed-corpus", lambda r: r.phase == "Succeeded", 10)
         nightly = plane.store.job_statuses()[("TrainingJob", "nightly")]
     finally:
         plane.stop()
@@ -192,3 +200,4 @@ def test_the_jobs_example_runs_on_the_local_plane(tmp_path: Path) -> None:
     assert len(outputs(tmp_path / "out" / "embed-corpus", "-of-00004.jsonl")) == len(sentences)
     assert (nightly.phase, nightly.reason[:12]) == ("Scheduled", "next run at ")
     assert " 03:00 " in nightly.reason
+    assert f"{len(sentences)}/{len(sentences)}" in waited.stdout and "Succeeded" in waited.stdout

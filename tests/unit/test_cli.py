@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from aiplane import __version__
 from aiplane.cli.main import main
 from aiplane.runtime.local.paths import db_path
-from aiplane.runtime.local.store import Store
+from aiplane.runtime.local.store import JobStatusRow, Store
 
 
 class _Entrypoint:
@@ -143,3 +143,38 @@ def test_apply_of_a_missing_file(home: Path, tmp_path: Path) -> None:
     result = aiplane("apply", "-f", str(missing))
     assert result.exit_code == 1
     assert " ".join(result.stderr.split()) == f"error: {missing}: cannot read: No such file or directory"
+
+
+BATCH = """\
+apiVersion: aiplane.dev/v1alpha1
+kind: BatchJob
+metadata: {name: vectors}
+spec: {task: embed, model: minilm, input: INPUT, output: out, shards: 2}
+"""
+
+
+def _job_row(phase: str, reason: str, progress: dict[str, int]) -> JobStatusRow:
+    return JobStatusRow(
+        "BatchJob", "vectors", 1, phase, reason, None, [], [], [], 0, None, None, 0.0, progress
+    )
+
+
+@pytest.mark.parametrize(
+    ("phase", "code"), [("Succeeded", 0), ("Failed", 1), ("Running", 2)], ids=["ok", "failed", "timeout"]
+)
+def test_wait_follows_a_job_to_its_end_and_says_how_it_ended(
+    home: Path, tmp_path: Path, phase: str, code: int
+) -> None:
+    data = write(tmp_path / "in.jsonl", "".join(f'{{"text": "t{i}"}}\n' for i in range(40)))
+    job = write(tmp_path / "job.yaml", BATCH.replace("INPUT", str(data)))
+    assert aiplane("apply", "-f", str(job)).exit_code == 0
+    Store(home / "state.db").set_job_status(_job_row(phase, f"it {phase}", {"rows": 38, "errors": 2}))
+    result = aiplane("wait", "bj/vectors", "--timeout", "0.2")
+    assert result.exit_code == code
+    assert "40/40" in result.stdout  # rows processed, good and bad, of the input's rows
+    assert ("timed out" in result.stdout) == (code == 2)
+
+
+def test_wait_names_what_it_needs(home: Path) -> None:
+    assert "wait needs job/NAME" in aiplane("wait", "vectors").stderr
+    assert "no TrainingJob or BatchJob named 'nope'" in aiplane("wait", "job/nope").stderr
