@@ -150,6 +150,9 @@ def component_argv(
                 "--allow-privileged=true",
                 # No kubelet or pod network: nothing could reach a loopback endpoint anyway.
                 "--endpoint-reconciler-type=none",
+                # KWOK's nodes name their "kubelet" (KWOK's server) by InternalIP (loopback);
+                # their Hostname (cpu-0, gpu-h100-0) resolves nowhere. For pods/log and exec.
+                "--kubelet-preferred-address-types=InternalIP",
                 "--profiling=false",
             ],
         },
@@ -241,6 +244,7 @@ def up(
         paths.state.write_text(json.dumps(state, indent=2) + "\n")
         apply_nodes(api, nodes)
         apply_storage(api)
+        apply_kwok_crds(api)
         names = {n["metadata"]["name"] for n in nodes}
         what = f"{len(names)} KWOK nodes Ready"
         _wait(lambda: _nodes_ready(api) >= names, deadline, what, paths, sup_alive)
@@ -402,6 +406,17 @@ def apply_nodes(api: KubeApi, nodes: list[dict[str, Any]]) -> None:
         r = api.post("/api/v1/nodes", node)
         if not r.ok:
             raise DevClusterError(f"cannot create node {name}: {r.status} {r.body}")
+
+
+def apply_kwok_crds(api: KubeApi) -> None:
+    """Create KWOK's ``Logs`` CRD if missing (KWOK watches it; it retries until it exists)."""
+    crd = kn.logs_crd()
+    base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    if api.get(f"{base}/{crd['metadata']['name']}").ok:
+        return
+    r = api.post(base, crd)
+    if not r.ok and r.status != 409:
+        raise DevClusterError(f"cannot create the {crd['metadata']['name']} CRD: {r.status} {r.body}")
 
 
 def _same_shape(have: dict[str, Any], want: dict[str, Any]) -> bool:

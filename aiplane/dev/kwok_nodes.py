@@ -390,8 +390,22 @@ def stages() -> list[dict[str, Any]]:
     ]
 
 
+LOGS_KIND = "Logs"
+"""The KWOK resource that names a pod's log file: ``kubectl logs`` (the API server's
+``pods/log``) reaches KWOK's server as the node's kubelet, which serves that file."""
+
+
 def kwok_config(server_port: int, lease_seconds: int = 40) -> str:
-    """The multi-document `kwok --config` file: options plus our stages."""
+    """The multi-document `kwok --config` file: options plus our stages.
+
+    KWOK's server listens on `server_port` and every node names it as its kubelet
+    (`nodePort`: `status.daemonEndpoints.kubeletEndpoint.Port`), so the API server's
+    `pods/log`, `exec` and the like reach it (over TLS with KWOK's own certificate, which
+    the API server does not check without `--kubelet-certificate-authority`). It serves a
+    pod's log from the file a `Logs` object in the pod's namespace names
+    (`enableCRDs`, :func:`logs_crd`): whatever runs the pod's containers (the tests'
+    job stand-in) creates one per pod.
+    """
     options = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokConfiguration",
@@ -402,6 +416,8 @@ def kwok_config(server_port: int, lease_seconds: int = 40) -> str:
             "manageNodesWithLabelSelector": f"{KWOK_LABEL[0]}={KWOK_LABEL[1]}",
             "nodeLeaseDurationSeconds": lease_seconds,
             "serverAddress": f"127.0.0.1:{server_port}",
+            "nodePort": server_port,
+            "enableCRDs": [LOGS_KIND],
             "enablePodsOnNodeSyncListPager": False,
             "enablePodsOnNodeSyncStreamWatch": True,
             "podPlayStageParallelism": 8,
@@ -410,3 +426,49 @@ def kwok_config(server_port: int, lease_seconds: int = 40) -> str:
         },
     }
     return yaml.safe_dump_all([options, *stages()], sort_keys=False)
+
+
+def logs_crd() -> dict[str, Any]:
+    """KWOK's ``Logs`` CRD (``kwok.x-k8s.io/v1alpha1``), trimmed to what its server reads:
+    ``spec.logs[]`` of ``containers``, ``logsFile`` (CRI log format, as a kubelet's
+    ``/var/log/pods`` files), ``previousLogsFile`` and ``follow``."""
+    log_item = {
+        "type": "object",
+        "properties": {
+            "containers": {"type": "array", "items": {"type": "string"}},
+            "logsFile": {"type": "string"},
+            "previousLogsFile": {"type": "string"},
+            "follow": {"type": "boolean"},
+        },
+    }
+    schema = {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "spec": {
+                "type": "object",
+                "required": ["logs"],
+                "properties": {"logs": {"type": "array", "items": log_item}},
+            },
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "logs.kwok.x-k8s.io"},
+        "spec": {
+            "group": "kwok.x-k8s.io",
+            "names": {"kind": LOGS_KIND, "listKind": "LogsList", "plural": "logs", "singular": "logs"},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1alpha1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": schema},
+                    "subresources": {"status": {}},
+                }
+            ],
+        },
+    }

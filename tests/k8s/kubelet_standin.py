@@ -76,7 +76,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 
@@ -279,8 +279,13 @@ def terminating(pod: Manifest) -> bool:
 
 
 def prestop_sleep_s(pod: Manifest) -> float:
-    """The server container's ``lifecycle.preStop.sleep.seconds`` (0 without one)."""
-    hook = ((_server_container(pod).get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
+    """The server container's ``lifecycle.preStop.sleep.seconds`` (0 without one); of a pod
+    with no server (a job's, see ``job_standin.py``), its first container's."""
+    try:
+        container = _server_container(pod)
+    except StandInError:
+        container = pod["spec"]["containers"][0]
+    hook = ((container.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
     return float(hook.get("seconds") or 0)
 
 
@@ -330,7 +335,7 @@ class KubeletStandIn:
     # -- lifecycle ----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[KubeletStandIn]:
+    async def running(self) -> AsyncIterator[Self]:
         timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             self._http = http
@@ -545,6 +550,8 @@ class KubeletStandIn:
         elif engine is not None:
             engine.stopped_at = engine.stopped_at or time.monotonic()
             engine.exited_at = engine.exited_at or time.monotonic()
+        if engine is not None:
+            await self._exited(pod, engine)
         body = {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
         path = resource_path("v1", "Pod", name, self.namespace)
         try:
@@ -556,6 +563,10 @@ class KubeletStandIn:
                 return
         self._claimed.pop(uid, None)
         log.info("kubelet stand-in: removed pod %s", name)
+
+    async def _exited(self, pod: Manifest, engine: Engine) -> None:
+        """A deleted pod's process has exited, before the pod is removed: a subclass may
+        report it (a kubelet writes the terminal phase first). Engines report nothing."""
 
     async def _stop(self, engine: Engine) -> None:
         """SIGTERM to the process group, SIGKILL after ``stop_timeout``; bounded either way."""

@@ -324,3 +324,48 @@ def test_an_embed_batch_job_counts_its_shards_and_its_pods_run_the_local_shard_r
         assert done.returncode == 0, done.stderr.decode()[-2000:]
     state = scan(str(out), 4)
     assert (sorted(state.done), state.rows, state.errors) == ([0, 1, 2, 3], 41, 0)
+
+
+def test_each_run_of_a_scheduled_job_is_queued_and_frees_its_quota_when_it_ends(
+    k8s_cluster: K8sCluster, k8s_namespace: str, platform: Operator
+) -> None:
+    """A CronJob run every minute: its run's Job starts suspended, is admitted on its own
+    (``admission.run`` names it), holds the queue's quota while it runs, and gives it back."""
+    ns = k8s_namespace
+    queue = h100_queue(k8s_cluster, ns, 8)
+    try:
+        text = training_yaml("minutely", workers=1, gpus=8, queue=queue, schedule="* * * * *")
+        assert apply_yaml(k8s_cluster, text, ns).returncode == 0
+        used: set[str] = set()
+
+        def tj() -> dict[str, Any]:
+            used.add(kubectl_json(k8s_cluster, "get", "queue", queue).get("status", {}).get("used", ""))
+            return kubectl_json(k8s_cluster, "get", "trainingjob", "minutely", "-n", ns)
+
+        # the first fire comes within a minute; the scheduler admits that run by name
+        running = wait_for(lambda: (t := tj())["status"].get("activeRun") and t, 90, "a run", interval=0.5)
+        run = running["status"]["activeRun"]
+        admitted = wait_for(
+            lambda: (t := tj())["status"].get("admission", {}).get("run") == run and t, 30, "the run admitted"
+        )
+        assert admitted["status"]["admission"]["admitted"] is True
+        job = kubectl_json(k8s_cluster, "get", "job", run, "-n", ns)
+        assert job["metadata"]["ownerReferences"][0]["kind"] == "CronJob"
+        wait_for(lambda: tj() and "H100 8/8" in used, 30, "the run holding the quota", interval=0.5)
+
+        def between_runs() -> dict[str, Any] | None:
+            t = tj()
+            return t if t["status"].get("phase") == "Scheduled" and not t["status"].get("activeRun") else None
+
+        # KWOK completes its pod after 2 s: the run ends, the job waits for its next fire
+        done = wait_for(between_runs, 60, "the run ended", interval=0.5)
+        assert done["status"]["lastScheduleTime"]
+        assert kubectl_json(k8s_cluster, "get", "job", run, "-n", ns)["status"].get("succeeded") == 1
+
+        def quota_used() -> str:
+            return str(kubectl_json(k8s_cluster, "get", "queue", queue).get("status", {}).get("used"))
+
+        wait_for(lambda: quota_used() == "H100 0/8", 30, "the quota given back", interval=0.5)
+    finally:
+        k8s_cluster.kubectl("delete", "trainingjob", "minutely", "-n", ns)
+        k8s_cluster.kubectl("delete", "queue", queue)

@@ -437,6 +437,9 @@ def test_scheduled_training_job_is_a_cronjob_of_the_job() -> None:
     assert cron["concurrencyPolicy"] == "Forbid"
     job_spec = cron["jobTemplate"]["spec"]
     assert job_spec["completionMode"] == "Indexed" and job_spec["suspend"] is True
+    # every run is created suspended, admitted or not: each is queued on its own
+    admitted = by_kind(lower_training_job(job, "ml", suspend=False))["CronJob"]["spec"]
+    assert admitted["jobTemplate"]["spec"]["suspend"] is True
     env = job_spec["template"]["spec"]["containers"][0]["env"]
     names = [e["name"] for e in env]
     # each run's Job has a generated name: rank 0's host comes from the pod's job-name label
@@ -469,6 +472,13 @@ def test_batch_job_is_an_indexed_job_of_shards() -> None:
     spec = obj["spec"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 8, 2)
     assert spec["backoffLimitPerIndex"] == 4 and spec["suspend"] is True
+    # a shard stopped by the platform (SIGTERM: exit 143, or an eviction) is not a failure
+    rules = spec["podFailurePolicy"]["rules"]
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+    assert {
+        "action": "Ignore",
+        "onExitCodes": {"containerName": "shard", "operator": "In", "values": [143]},
+    } in rules
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["schedulerName"] == "aiplane"
     (shard,) = pod["containers"]

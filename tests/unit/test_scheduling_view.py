@@ -220,3 +220,28 @@ def test_a_view_read_through_the_cache_is_the_view_read_afresh() -> None:
         assert np.array_equal(cached.fleet.gpu_free, fresh.fleet.gpu_free)
         assert [c.pods for c in cached.candidates] == [c.pods for c in fresh.candidates]
         assert cached.fleet.gpu_free[0][3] == 500
+
+
+def test_each_run_of_a_scheduled_job_is_queued_on_its_own_and_holds_nothing_between_runs() -> None:
+    def nightly(**status: Any) -> dict[str, Any]:
+        body = training("nightly", workers=1, **status)
+        body["spec"]["schedule"] = "0 3 * * *"
+        return body
+
+    fleet, queues = [node("gpu-0")], [queue("team", 16)]
+    # between runs (the last one admitted and done): no candidate, no quota held
+    idle = nightly(phase="Scheduled", activeRun=None, admission={"admitted": True, "run": "nightly-1"})
+    view = build_view(fleet, [], [idle], queues, {}, now=0.0)
+    assert view.candidates == [] and view.holders == [] and int(view.fleet.gpu_free.sum()) == 8 * 1000
+    # a new run: the admission of the last one does not carry over, the run waits its turn
+    queued = nightly(phase="Pending", activeRun="nightly-2", admission={"admitted": True, "run": "nightly-1"})
+    view = build_view(fleet, [], [queued], queues, {}, now=0.0)
+    assert [c.key for c in view.candidates] == ["TrainingJob/ns/nightly"] and view.holders == []
+    # admitted for this run: it holds its GPUs
+    running = nightly(
+        phase="Running", activeRun="nightly-2", admission={"admitted": True, "run": "nightly-2"}
+    )
+    live = [pod("nightly-2-0", "gpu-0", gpus=8, job="nightly")]
+    view = build_view(fleet, live, [running], queues, {}, now=0.0)
+    (holder,) = view.holders
+    assert not holder.evicting and view.candidates == [] and int(view.fleet.gpu_free.sum()) == 0

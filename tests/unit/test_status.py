@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiplane.runtime.kubernetes.objects import is_admitted
 from aiplane.runtime.kubernetes.status import job_status, model_status, pod_trouble
 
 NOW = "2026-11-29T05:00:00Z"
@@ -85,3 +86,20 @@ def test_an_admitted_job_runs_and_a_readmitted_one_is_no_longer_preempted() -> N
     assert status["phase"] == "Running"
     assert {c["type"]: c["status"] for c in status["conditions"]}["Preempted"] == "False"
     assert job_status(1, job(active=0), {"admitted": False}, 2, {}, NOW)["phase"] == "Pending"
+
+
+def test_a_scheduled_job_reports_its_run_under_way_or_scheduled_between_runs() -> None:
+    cron = {"status": {"lastScheduleTime": "2026-12-04T03:00:00Z", "active": [{"name": "nightly-29"}]}}
+    run = {"metadata": {"name": "nightly-29"}, "status": {"active": 2}}
+    admission = {"admitted": True, "run": "nightly-29", "reason": "fits"}
+    now = "2026-12-04T03:00:05Z"
+    during = job_status(1, run, admission, 2, {}, now, cron=cron)
+    assert (during["phase"], during["activeRun"], during["active"]) == ("Running", "nightly-29", 2)
+    assert during["lastScheduleTime"] == "2026-12-04T03:00:00Z"
+    between = job_status(1, None, admission, 2, during, now, cron={"status": {"active": []}})
+    assert (between["phase"], between["activeRun"]) == ("Scheduled", None)
+    # the admission of one run does not admit the next
+    body = {"spec": {"schedule": "0 3 * * *"}, "status": {"activeRun": "nightly-30", "admission": admission}}
+    assert not is_admitted(body)
+    assert is_admitted({**body, "status": {**body["status"], "activeRun": "nightly-29"}})
+    assert is_admitted({"spec": {}, "status": {"admission": {"admitted": True}}})

@@ -61,4 +61,16 @@ def admission_of(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def is_admitted(body: Mapping[str, Any]) -> bool:
-    return bool(admission_of(body).get("admitted"))
+    """Admitted; for a scheduled job, admitted for the run under way (``status.activeRun``).
+
+    Each run of a scheduled TrainingJob is queued on its own: the scheduler's admission
+    names the run it admitted (``admission.run``), and one for an earlier run admits
+    nothing.
+    """
+    admission = admission_of(body)
+    if not admission.get("admitted"):
+        return False
+    if (body.get("spec") or {}).get("schedule"):
+        run = (body.get("status") or {}).get("activeRun")
+        return run is not None and admission.get("run") == run
+    return True

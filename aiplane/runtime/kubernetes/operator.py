@@ -23,7 +23,7 @@ from aiplane.api import GROUP, VERSION, BatchJob, Model, TrainingJob
 from aiplane.errors import AiplaneError, KubernetesError, ValidationError
 from aiplane.runtime.kubernetes import reconcile
 from aiplane.runtime.kubernetes.autoscaler import ModelAutoscaler
-from aiplane.runtime.kubernetes.client import Kube, resource_path
+from aiplane.runtime.kubernetes.client import Kube, Manifest, resource_path
 from aiplane.runtime.kubernetes.constants import LABEL_JOB
 from aiplane.runtime.kubernetes.lowering import DEFAULT_OPTIONS, LoweringOptions, selector_string
 from aiplane.runtime.kubernetes.objects import admission_of, from_body, is_admitted, utc_now
@@ -165,11 +165,15 @@ def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
 
     # -- TrainingJob and BatchJob ----------------------------------------------------------
     for plural in ("trainingjobs", "batchjobs"):
-        _register_job_handlers(registry, plural)
+        register_job_handlers(registry, plural)
     return registry
 
 
-def _register_job_handlers(registry: kopf.OperatorRegistry, plural: str) -> None:
+def register_job_handlers(registry: kopf.OperatorRegistry, plural: str) -> None:
+    """The job handlers; kopf names them after this function, so it has no leading '_'
+    (kopf's progress annotation for a retried handler, ``kopf.aiplane.dev/<id>``, must be a
+    valid annotation name: '_register_job_handlers._locals_...' was refused with a 422)."""
+
     @kopf.on.resume(GROUP, VERSION, plural, registry=registry)
     @kopf.on.create(GROUP, VERSION, plural, registry=registry)
     @kopf.on.update(GROUP, VERSION, plural, field="spec", registry=registry)
@@ -194,31 +198,39 @@ async def _job_status(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> No
     native = await kube.get("batch/v1", kind, meta["name"], meta["namespace"])
     admitted = is_admitted(body)
     spec = (native or {}).get("spec") or {}
-    suspended = (spec.get("jobTemplate", {}).get("spec", spec)).get("suspend")
     finished = (body.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-    if native is not None and bool(suspended) == admitted and not finished:
+    admission = admission_of(body)
+    if scheduled:
+        run, admitted_now = await _cron_run(kube, body, native)
+        admission = {**admission, "admitted": admitted_now}
+    elif native is not None and bool(spec.get("suspend")) == admitted and not finished:
         await _guard(body, reconcile.reconcile_job(kube, body, _opts(memo)))
         what = "resumed: admitted" if admitted else "suspended: not admitted"
         kopf.info(body, reason="Admitted" if admitted else "Suspended", message=f"{kind} {what}")
         native = await kube.get("batch/v1", kind, meta["name"], meta["namespace"])
-    cron = native if scheduled else None
     completions = job.spec.workers if isinstance(job, TrainingJob) else job.spec.shards
     old = body.get("status") or {}
     now = utc_now()
     new = job_status(
         meta.get("generation", 0),
-        None if scheduled else native,
-        admission_of(body),
+        run if scheduled else native,
+        admission,
         completions,
         old,
         now,
-        cron=cron,
+        cron=native if scheduled else None,
     )
     if isinstance(job, BatchJob) and native is not None:
         pods = await kube.list("v1", "Pod", meta["namespace"], f"{LABEL_JOB}={meta['name']}")
         new |= shard_counts(pods)
     elif isinstance(job, TrainingJob) and new.get("phase") in ("Running", "Scheduled"):
         new |= await _training_progress(kube, body, memo)
+    elif (
+        isinstance(job, TrainingJob)
+        and new.get("phase") in ("Succeeded", "Failed")
+        and new.get("phase") != old.get("phase")
+    ):  # its last lines (the final step) came after the last periodic read: read once more
+        new |= await _training_progress(kube, body, memo, final=True)
     if new.get("phase") != old.get("phase") and new.get("phase") in ("Running", "Succeeded", "Failed"):
         kopf.info(
             body, reason=str(new["phase"]), message=f"{new.get('succeeded', 0)}/{completions} completed"
@@ -226,8 +238,40 @@ async def _job_status(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> No
     _patch_status(patch, old, new)
 
 
-async def _training_progress(kube: Kube, body: kopf.Body, memo: kopf.Memo) -> dict[str, Any]:
-    """``progress`` and ``progressSummary`` from rank 0's log, read every PROGRESS_SECONDS.
+async def _cron_run(kube: Kube, body: kopf.Body, cron: Manifest | None) -> tuple[Manifest | None, bool]:
+    """A scheduled job's run under way (its CronJob's newest active Job), and whether the
+    scheduler admitted that run.
+
+    Every run's Job is created suspended and queued on its own: the scheduler admits the
+    run ``status.activeRun`` names (``admission.run``), this resumes that Job, and
+    suspends it again when the admission is withdrawn (preemption). Between runs
+    nothing is queued and no quota is held.
+    """
+    meta = body["metadata"]
+    active = [ref.get("name") for ref in ((cron or {}).get("status") or {}).get("active") or []]
+    if not active:
+        return None, False
+    name = active[-1]
+    run = await kube.get("batch/v1", "Job", name, meta["namespace"])
+    if run is None:
+        return None, False
+    status = {**(body.get("status") or {}), "activeRun": name}  # as the status is about to say
+    admitted = is_admitted({**body, "status": status})
+    if bool(run["spec"].get("suspend")) == admitted:
+        path = resource_path("batch/v1", "Job", name, meta["namespace"])
+        patch = {"spec": {"suspend": not admitted}}
+        await _guard(body, kube.request("PATCH", path, patch, content_type="application/merge-patch+json"))
+        what = "resumed: admitted" if admitted else "suspended: not admitted"
+        kopf.info(body, reason="Admitted" if admitted else "Suspended", message=f"run {name} {what}")
+        run = await kube.get("batch/v1", "Job", name, meta["namespace"]) or run
+    return run, admitted
+
+
+async def _training_progress(
+    kube: Kube, body: kopf.Body, memo: kopf.Memo, final: bool = False
+) -> dict[str, Any]:
+    """``progress`` and ``progressSummary`` from rank 0's log, read every PROGRESS_SECONDS,
+    and once more (``final``) when the job has just finished.
 
     The pod log is what ``kubectl logs`` reads (the kubelet serves it); a job that prints
     no progress lines, or a log that cannot be read (no kubelet answers), leaves the
@@ -236,7 +280,7 @@ async def _training_progress(kube: Kube, body: kopf.Body, memo: kopf.Memo) -> di
     meta, old = body["metadata"], body.get("status") or {}
     seen: dict[str, float] = memo.setdefault("progress_read", {})
     now = asyncio.get_running_loop().time()
-    if now - seen.get(meta["uid"], -PROGRESS_SECONDS) < PROGRESS_SECONDS:
+    if not final and now - seen.get(meta["uid"], -PROGRESS_SECONDS) < PROGRESS_SECONDS:
         return {}
     seen[meta["uid"]] = now
     pods = await kube.list("v1", "Pod", meta["namespace"], f"{LABEL_JOB}={meta['name']}")

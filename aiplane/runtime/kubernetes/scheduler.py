@@ -444,6 +444,7 @@ class Scheduler:
         queue = _queue_of(body)
         fields = {
             "admitted": True,
+            "run": (body.get("status") or {}).get("activeRun"),  # a scheduled job: this run only
             "queue": queue,
             "flavor": flavor,
             "borrowed": borrowed,

@@ -54,7 +54,7 @@ from aiplane.runtime.kubernetes.constants import (
     SCHEDULER_NAME,
 )
 from aiplane.runtime.kubernetes.lowering import lower
-from aiplane.runtime.kubernetes.objects import admission_of, from_body
+from aiplane.runtime.kubernetes.objects import admission_of, from_body, is_admitted
 from aiplane.runtime.kubernetes.snapshot import (
     Manifest,
     SnapshotError,
@@ -380,6 +380,11 @@ def build_view(
         live = by_job.get(key, [])
         if (body.get("status") or {}).get("phase") in FINISHED and not live:
             continue
+        between_runs = (body.get("spec") or {}).get("schedule") and not (body.get("status") or {}).get(
+            "activeRun"
+        )
+        if between_runs and not live:  # a scheduled job with no run under way: nothing to queue
+            continue
         try:
             job = from_body(body)
             assert isinstance(job, TrainingJob | BatchJob)
@@ -398,7 +403,7 @@ def build_view(
         ]
         held = bind_all(bound)
         finished = (body.get("status") or {}).get("phase") in FINISHED
-        if admission.get("admitted") and not finished:
+        if is_admitted(body) and not finished:
             plan = list((plans.get(key) or JobPlan(())).entries)
             for pod in bound:  # planned places already taken by bound pods
                 where = (pod["spec"]["nodeName"], devices_hint(pod) or ())

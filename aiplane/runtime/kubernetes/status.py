@@ -200,7 +200,8 @@ def job_status(
     now: str,
     cron: Manifest | None = None,
 ) -> Manifest:
-    """Admitted/Running/Succeeded/Failed from the Job (or the CronJob of a scheduled job).
+    """Admitted/Running/Succeeded/Failed from the Job (for a scheduled job, its run's Job,
+    or ``Scheduled`` between runs, from its CronJob).
 
     ``admission`` is the scheduler's ``status.admission``; its reason becomes the
     ``Admitted`` condition's message (quota and placement, "why pending"), and a
@@ -223,7 +224,7 @@ def job_status(
         ),
     ]
     status: Manifest = {"observedGeneration": generation, "completions": completions}
-    if cron is not None:
+    if cron is not None and job is None:  # between runs: no quota held, nothing queued
         last = cron.get("status", {}).get("lastScheduleTime")
         active = len(cron.get("status", {}).get("active") or [])
         conds += [
@@ -231,8 +232,11 @@ def job_status(
             condition("Succeeded", False, "Scheduled", "a scheduled job runs until deleted", now, old),
             condition("Failed", False, "Scheduled", "", now, old),
         ]
-        status |= {"phase": "Scheduled", "succeeded": 0, "lastScheduleTime": last}
+        status |= {"phase": "Scheduled", "succeeded": 0, "lastScheduleTime": last, "activeRun": None}
         return status | {"conditions": conds}
+    if cron is not None and job is not None:  # a run under way: its Job's status, as for any job
+        last = cron.get("status", {}).get("lastScheduleTime")
+        status |= {"lastScheduleTime": last, "activeRun": job["metadata"]["name"]}
     st = (job or {}).get("status", {})
     succeeded, failed, active = (int(st.get(k) or 0) for k in ("succeeded", "failed", "active"))
     finished = _job_finished(job) if job else None

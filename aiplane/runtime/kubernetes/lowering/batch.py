@@ -42,6 +42,7 @@ from aiplane.runtime.kubernetes.lowering.common import (
     metadata,
     resources,
     split_pvc_uri,
+    stop_is_not_failure,
     user_pod_annotations,
 )
 from aiplane.runtime.kubernetes.lowering.training import queue_labels
@@ -149,6 +150,7 @@ def lower_batch_job(
                 "parallelism": min(spec.parallelism, spec.shards),
                 "suspend": suspend,
                 "backoffLimitPerIndex": spec.max_retries,
+                "podFailurePolicy": stop_is_not_failure("shard"),
                 "template": {
                     "metadata": {
                         "labels": job_labels,

@@ -268,3 +268,23 @@ def user_pod_annotations(resource: Resource) -> dict[str, str]:
     test hooks such as KWOK's completion delay). Tool bookkeeping stays on the resource."""
     skip = ("kubectl.kubernetes.io/", "kopf.aiplane.dev/", "kopf.zalando.org/")
     return {k: v for k, v in resource.metadata.annotations.items() if not k.startswith(skip)}
+
+
+def stop_is_not_failure(container: str) -> Manifest:
+    """A ``podFailurePolicy`` under which being stopped by the platform is not a failure.
+
+    A preempted job is suspended, and its pods get SIGTERM: a worker that checkpoints and
+    exits 143 (the contract in docs/jobs.md) would otherwise count against
+    ``backoffLimit``, so a job preempted twice could fail for it. Pods evicted or
+    preempted (the ``DisruptionTarget`` condition: drains, taints, kube-scheduler) are
+    not failures either. Such pods are replaced, not counted.
+    """
+    return {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {
+                "action": "Ignore",
+                "onExitCodes": {"containerName": container, "operator": "In", "values": [143]},
+            },
+        ]
+    }

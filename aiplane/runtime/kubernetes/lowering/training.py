@@ -47,6 +47,7 @@ from aiplane.runtime.kubernetes.lowering.common import (
     pvc,
     resources,
     split_pvc_uri,
+    stop_is_not_failure,
     user_pod_annotations,
 )
 
@@ -194,6 +195,7 @@ def _job_spec(
         "parallelism": spec.workers,
         "suspend": suspend,
         "backoffLimit": spec.max_restarts,
+        "podFailurePolicy": stop_is_not_failure("trainer"),
     }
     if spec.active_deadline:
         out["activeDeadlineSeconds"] = math.ceil(parse_duration(spec.active_deadline))
@@ -236,14 +238,15 @@ def lower_training_job(
 ) -> list[Manifest]:
     """Checkpoint PVC (if any), headless Service, then the Job (or a CronJob when scheduled).
 
-    For a CronJob, ``suspend`` applies to each Job it creates (every run is queued), not
-    to the schedule; ``concurrencyPolicy: Forbid`` skips a run while the last one is
-    still running or still queued.
+    A CronJob creates every run's Job suspended, whatever ``suspend`` says: each run is
+    queued and admitted on its own (the operator resumes the run the scheduler admits,
+    and the quota is free between runs); ``concurrencyPolicy: Forbid`` skips a run while
+    the last one is still running or still queued.
     """
     _check_names(job)
     claims, volumes, mounts, checkpoint_env = _checkpoint(job, namespace, owner, options)
     job_labels = labels(job, APP, COMPONENT, **{LABEL_JOB: job.name}, **queue_labels(job, job.spec.queue))
-    spec = _job_spec(job, namespace, suspend, volumes, mounts, checkpoint_env)
+    spec = _job_spec(job, namespace, suspend or bool(job.spec.schedule), volumes, mounts, checkpoint_env)
     objects = [*claims, _headless_service(job, namespace, owner)]
     if not job.spec.schedule:
         objects.append(
