@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from aiplane.api import Model, Queue
+from aiplane.batch import scan
 from aiplane.engines.sources import resolve_local
 from aiplane.errors import AiplaneError
 from aiplane.policies.scheduling import Gpu
@@ -82,7 +83,7 @@ EVENT_OF = {
     "unsupported": "Unsupported",
 }
 STOPPING_REASON = "waiting for the workers of its previous run to stop"
-PROGRESS_EVERY = 1.0  # a running job's progress is written at most this often
+PROGRESS_EVERY = 1.0  # a running job's logs (and outputs) are read for progress this often
 EventSink = Callable[[str, str, str], None]
 
 
@@ -103,7 +104,7 @@ class Run:
     progress: dict[str, Any] = field(default_factory=dict)  # merged progress lines (rank 0)
     tails: dict[int, LogTail] = field(default_factory=dict)  # slot -> its log, read since its start
     shard_lines: dict[int, dict[str, Any]] = field(default_factory=dict)  # shard -> its last line
-    progress_written: float = 0.0
+    progress_read: float = 0.0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -264,8 +265,10 @@ class JobRunner:
                 del self.runs[key]
                 self._finish(run)  # a scheduled job's next fire is looked at from the next tick
                 jobs[key] = local_job_finished(run.job)
-            elif self._refresh_progress(run) and time.monotonic() - run.progress_written >= PROGRESS_EVERY:
-                self._write_running(run)
+            elif time.monotonic() - run.progress_read >= PROGRESS_EVERY:
+                run.progress_read = time.monotonic()  # logs and manifests read once a second, not per tick
+                if self._refresh_progress(run):
+                    self._write_running(run)
         stopping = {run.job.key for run in self._stopping.values()}
         # a preemptor is told of its victims while they stop, and for one cycle after: in
         # that one it has the first turn at the room they left (cycle.schedule)
@@ -412,8 +415,6 @@ class JobRunner:
         job = run.job
         if job.output is None or job.task is None:
             return {}
-        from aiplane.batch import scan  # TODO: top-level once aiplane.batch lands
-
         state = scan(job.output, job.tasks)
         return batch_progress(job.tasks, state.done, state.rows, state.errors, run.shard_lines)
 
@@ -447,7 +448,6 @@ class JobRunner:
         if self.runs.get(run.job.key) is not run:
             return  # stopped meanwhile: its status is no longer this run's
         job = run.job
-        run.progress_written = time.monotonic()
         self._write(
             job.kind, job.name, job.generation, "Running", run.reason, flavor=run.flavor, devices=run.devices,
             pids=run.pids, argv=list(job.command), restarts=run.restarts, started=run.started,
