@@ -8,6 +8,7 @@ restarts the gang, and the new run resumes from the last checkpoint, not from st
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -61,15 +62,17 @@ def test_train_tiny_resumes_from_its_checkpoint_after_a_worker_is_killed(tmp_pat
         "Restarting",
         "Succeeded",
     ]
-    assert "worker 1 exited with code -9" in next(m for r, m in events if r == "Restarting")
-    # rank 0's progress lines: the loss falls over the run, and the second run began after `resumed`
+    # worker 1 was killed; worker 0 may fail first on its own ("Connection reset by peer")
+    assert re.match(r"worker [01] exited with code", next(m for r, m in events if r == "Restarting"))
+    # rank 0's progress lines, run by run: the loss falls, and the second run begins right
+    # after the checkpoint it resumed from
     worker0 = home / "logs" / "jobs" / "trainingjob-train-tiny" / "worker-0.log"
-    lines = [f for f in map(progress.parse, worker0.read_text().splitlines()) if f and "loss" in f]
-    steps = [f["step"] for f in lines]
-    assert steps[0] < saved and steps[-1] == 300
-    restart_at = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    assert steps[restart_at] > resumed  # the first step the new run reports comes after its checkpoint
-    assert lines[-1]["loss"] < 0.6 * lines[0]["loss"]
+    runs = worker0.read_text().split("--- aiplane: starting TrainingJob/train-tiny worker 0")[1:]
+    assert len(runs) == 2, "one start and one restart"
+    first, second = ([f for f in map(progress.parse, r.splitlines()) if f and "loss" in f] for r in runs)
+    assert first[0]["step"] == 1 and first[-1]["step"] >= saved
+    assert second[0]["step"] == resumed + 1 and second[-1]["step"] == 300
+    assert second[-1]["loss"] < 0.6 * first[0]["loss"]
     checkpoints = sorted(p.name for p in (home / "checkpoints" / "train-tiny" / "train-tiny").iterdir())
     assert checkpoints[-1] == "step-000300.pt" and not [c for c in checkpoints if c.endswith(".tmp")]
     assert "[worker-0]" in logs and "[worker-1]" in logs  # aiplane logs follows both workers
