@@ -14,15 +14,7 @@ from pathlib import Path
 
 from aiplane.errors import NotFoundError
 from aiplane.runtime.local.paths import aiplane_home, logs_dir
-
-JOB_PREFIXES = {
-    "job": ("trainingjob", "batchjob"),
-    "jobs": ("trainingjob", "batchjob"),
-    "trainingjob": ("trainingjob",),
-    "tj": ("trainingjob",),
-    "batchjob": ("batchjob",),
-    "bj": ("batchjob",),
-}
+from aiplane.runtime.local.workloads import JOB_TARGETS
 
 
 def _roots(target: str) -> tuple[list[Path], str]:
@@ -31,11 +23,11 @@ def _roots(target: str) -> tuple[list[Path], str]:
     prefix, slash, name = target.partition("/")
     if not slash:
         return [logs / target], f"model {target!r}"
-    kinds = JOB_PREFIXES.get(prefix.lower())
+    kinds = JOB_TARGETS.get(prefix.lower())
     if kinds is None:
         known = "MODEL, job/NAME, trainingjob/NAME, batchjob/NAME"
         raise NotFoundError(f"unknown log target {target!r} (expected {known})")
-    return [logs / "jobs" / f"{kind}-{name}" for kind in kinds], f"job {name!r}"
+    return [logs / "jobs" / f"{kind.lower()}-{name}" for kind in kinds], f"job {name!r}"
 
 
 def _files(target: str, replica: str | None) -> list[Path]:

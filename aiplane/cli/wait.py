@@ -30,14 +30,8 @@ from aiplane.cli.output import console
 from aiplane.errors import AiplaneError, NotFoundError
 from aiplane.runtime.local.paths import aiplane_home, db_path
 from aiplane.runtime.local.store import JobStatusRow, Store
+from aiplane.runtime.local.workloads import JOB_TARGETS
 
-KINDS = {
-    "job": ("TrainingJob", "BatchJob"),
-    "trainingjob": ("TrainingJob",),
-    "tj": ("TrainingJob",),
-    "batchjob": ("BatchJob",),
-    "bj": ("BatchJob",),
-}
 POLL_S = 0.5
 EXIT_TIMEOUT = 2
 
@@ -72,7 +66,7 @@ def _done_and_total(resource: Any, row: JobStatusRow | None, rows: int | None) -
 
 def wait_job(target: str, timeout: float | None) -> int:
     prefix, slash, name = target.partition("/")
-    kinds = KINDS.get(prefix.lower()) if slash else None
+    kinds = JOB_TARGETS.get(prefix.lower()) if slash else None
     if kinds is None or not name:
         raise AiplaneError(f"wait needs job/NAME, trainingjob/NAME or batchjob/NAME (got {target!r})")
     store = Store(db_path(aiplane_home()))

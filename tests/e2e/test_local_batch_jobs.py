@@ -22,10 +22,9 @@ import pytest
 from aiplane.runtime.local.store import JobStatusRow
 from tests.e2e.conftest import write
 from tests.e2e.plane import MINILM_YAML, Plane, assert_gone, model_yaml
+from tests.sentences import sentence
 
 pytestmark = pytest.mark.e2e
-
-WORDS = ("the", "a", "model", "cluster", "queue", "shard", "vector", "token", "river", "city", "night", "run")
 
 
 def corpus(path: Path, rows: int, seed: int = 7) -> tuple[dict[str, str], dict[int, str]]:
@@ -45,7 +44,7 @@ def corpus(path: Path, rows: int, seed: int = 7) -> tuple[dict[str, str], dict[i
             lines.append(json.dumps({"id": f"r{row}", "text": " ".join(["overlong"] * 400)}))
             bad[row] = "256"
         else:
-            text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40)))
+            text = sentence(rng)
             good[f"r{row}"] = text
             lines.append(json.dumps({"id": f"r{row}", "text": text}))
     path.write_text("\n".join(lines) + "\n")

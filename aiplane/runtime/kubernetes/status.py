@@ -124,6 +124,11 @@ def model_status(
     }
 
 
+def completion_index(pod: Manifest) -> str | None:
+    """An Indexed Job pod's index: a BatchJob's shard, a TrainingJob's rank."""
+    return (pod.get("metadata", {}).get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
+
+
 def shard_counts(pods: list[Manifest]) -> Manifest:
     """Rows and bad rows of a BatchJob's finished shards, from their termination messages.
 
@@ -137,7 +142,7 @@ def shard_counts(pods: list[Manifest]) -> Manifest:
     for pod in pods:
         if (pod.get("status") or {}).get("phase") != "Succeeded":
             continue
-        index = (pod.get("metadata", {}).get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
+        index = completion_index(pod)
         if index is None:
             continue
         report: Manifest = {}
@@ -168,7 +173,7 @@ def rank_zero_pod(pods: list[Manifest]) -> Manifest | None:
     zeros = [
         p
         for p in pods
-        if (p.get("metadata", {}).get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION) == "0"
+        if completion_index(p) == "0"
         and (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")
     ]
     if not zeros:

@@ -27,6 +27,17 @@ TERMINAL = ("Succeeded", "Failed")
 #: does), with the interpreter of this plane: a task ``command`` is run by it in turn.
 SHARD_RUNNER = (sys.executable, "-m", "aiplane", *RUNNER_ARGV[1:])
 JOB_KINDS = ("TrainingJob", "BatchJob")
+#: ``KIND/NAME`` prefixes the CLI takes for jobs (``aiplane logs job/x``, ``aiplane wait bj/x``).
+JOB_TARGETS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "job": JOB_KINDS,
+        "jobs": JOB_KINDS,
+        "trainingjob": ("TrainingJob",),
+        "tj": ("TrainingJob",),
+        "batchjob": ("BatchJob",),
+        "bj": ("BatchJob",),
+    }
+)
 
 
 @dataclass(frozen=True)
