@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CACHE ?= $(HOME)/.cache/aiplane
 STAMP := $(VENV)/.installed
-EXTRAS ?= local,embeddings,batch,train,kubernetes,dev
+EXTRAS ?= local,embeddings,batch,train,observe,kubernetes,dev
 
 .PHONY: run test install lint typecheck unit e2e k8s bench clean
 

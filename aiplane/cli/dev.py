@@ -114,3 +114,50 @@ def cluster_status(directory: DirOption = None) -> None:
         typer.echo(f"no dev cluster running in {st.dir}")
     if not st.running or not st.ready:
         raise typer.Exit(1)
+
+
+@app.command("prometheus")
+def prometheus(
+    plane: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plane", help="A plane's base URL to scrape (repeatable; default: this AIPLANE_HOME's)."
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 9090,
+    interval: Annotated[float, typer.Option(help="Scrape and rule evaluation interval, seconds.")] = 5.0,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="TSDB and config (default: $AIPLANE_HOME/prometheus).")
+    ] = None,
+) -> None:
+    """Run Debian's Prometheus on loopback, scraping the local plane, until Ctrl-C."""
+    import signal
+    import time
+
+    from aiplane.dev import prometheus as prom
+    from aiplane.errors import AiplaneError
+    from aiplane.runtime.local.paths import aiplane_home, db_path
+    from aiplane.runtime.local.store import Store
+
+    base = directory or aiplane_home() / "prometheus"
+    urls = plane or []
+    if not urls:
+        running = Store(db_path(aiplane_home())).plane()
+        urls = [running[1] if running else "http://127.0.0.1:8000"]
+    try:
+        server = prom.start(base, prom.config(urls, interval), port)
+    except AiplaneError as e:
+        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+    _echo(f"prometheus {server.url}: scraping {', '.join(urls)} every {interval:g}s")
+    typer.echo(server.url)
+    try:
+        while server.proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    if server.proc.returncode not in (0, -signal.SIGTERM):
+        typer.secho(f"error: prometheus exited {server.proc.returncode}; see {server.log}", err=True)
+        raise typer.Exit(1)

@@ -69,15 +69,64 @@ def install(
     helm_chart: Annotated[
         Path | None, typer.Option(help="write the same install as a Helm chart into this directory")
     ] = None,
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(
+            help="a Prometheus that scrapes the Model pods: the autoscaler reads engine metrics there"
+        ),
+    ] = None,
+    monitors: Annotated[
+        str,
+        typer.Option(
+            help="ServiceMonitor/PodMonitors for the Prometheus Operator: auto (when the cluster "
+            "of the current kubeconfig has their CRDs), always, never"
+        ),
+    ] = "auto",
 ) -> None:
-    """Print CRDs, RBAC and the platform's Deployments, for `kubectl apply -f -`."""
+    """Print CRDs, RBAC and the platform's Deployments, for `kubectl apply -f -`.
+
+    Pods carry ``prometheus.io/*`` scrape annotations either way."""
     if helm_chart is not None:
         from aiplane.runtime.kubernetes.helm import write_chart
 
         for path in write_chart(helm_chart):
             sys.stderr.write(f"wrote {path}\n")
         return
-    sys.stdout.write(dump(install_manifests(namespace, image, gateway_keys_secret=gateway_keys_secret)))
+    if monitors not in ("auto", "always", "never"):
+        raise typer.BadParameter(
+            f"expected auto, always or never (got {monitors!r})", param_hint="--monitors"
+        )
+    with_monitors = monitors == "always" or (monitors == "auto" and _has_monitor_crds())
+    docs = install_manifests(
+        namespace,
+        image,
+        gateway_keys_secret=gateway_keys_secret,
+        prometheus_url=prometheus_url,
+        with_monitors=with_monitors,
+    )
+    sys.stdout.write(dump(docs))
+
+
+def _has_monitor_crds() -> bool:
+    """Whether the cluster of the current kubeconfig serves the Prometheus Operator's
+    ServiceMonitor and PodMonitor; False (said on stderr) when no cluster answers."""
+    import asyncio
+
+    from aiplane.runtime.kubernetes.client import Kube
+    from aiplane.runtime.kubernetes.install import MONITOR_CRDS
+
+    async def check() -> bool:
+        async with Kube.connect() as kube:
+            for name in MONITOR_CRDS:
+                if await kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name) is None:
+                    return False
+            return True
+
+    try:
+        return asyncio.run(check())
+    except Exception as exc:  # no kubeconfig, no cluster: print the install without them
+        sys.stderr.write(f"note: no ServiceMonitor/PodMonitor (no cluster to check for their CRDs: {exc})\n")
+        return False
 
 
 def _size(n: int) -> str:

@@ -42,18 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from aiplane import aio
 from aiplane.aio import install_stop_signals
 from aiplane.engines.minilm import DIMENSION, MAX_TOKENS, MiniLMEmbedder
+from aiplane.observe import catalogue as c
 from aiplane.openai_errors import OpenAIError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -159,35 +153,13 @@ class _Metrics:
     """Per-app registry, so several apps (tests) can live in one process."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "aiplane_embeddings_requests",
-            "Embeddings requests by HTTP status code",
-            ["code"],
-            registry=self.registry,
-        )
-        self.inputs = Counter("aiplane_embeddings_inputs", "Texts embedded", registry=self.registry)
-        self.tokens = Counter(
-            "aiplane_embeddings_prompt_tokens",
-            "Tokens the model saw, after truncation",
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "aiplane_embeddings_request_duration_seconds",
-            "Embeddings request latency, queueing included",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=self.registry,
-        )
-        self.running = Gauge(
-            "aiplane_embeddings_requests_running",
-            "Embeddings requests in flight (queued or computing)",
-            registry=self.registry,
-        )
-        self.waiting = Gauge(
-            "aiplane_embeddings_requests_waiting",
-            "Embeddings requests queued for the inference thread",
-            registry=self.registry,
-        )
+        self.registry = r = CollectorRegistry()
+        self.requests = c.EMBED_REQUESTS.counter(r)
+        self.inputs = c.EMBED_INPUTS.counter(r)
+        self.tokens = c.EMBED_TOKENS.counter(r)
+        self.duration = c.EMBED_DURATION.histogram(r)
+        self.running = c.EMBED_RUNNING.gauge(r)
+        self.waiting = c.EMBED_WAITING.gauge(r)
 
 
 class _Once:

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from aiplane.gateway.auth import authorized
 from aiplane.gateway.discovery import Discovery, ModelRoute, Upstream
 from aiplane.gateway.load import LoadTracker
-from aiplane.gateway.metrics import GatewayMetrics
+from aiplane.gateway.metrics import GatewayMetrics, ReplicaInfo
 from aiplane.gateway.proxy import CLIENT_CLOSED, Outcome, UpstreamUnavailable, forward
 from aiplane.gateway.requests import InferenceRequest, parse_body, shape_for
 from aiplane.gateway.slots import SlotQueue
@@ -58,6 +58,9 @@ class Gateway:
     # What a replica's engine last reported (waiting requests, KV use), if the runtime
     # scrapes it: the routers weigh an engine's own queue, not only the gateway's count.
     engine_hint: Callable[[str], tuple[float | None, float | None]] | None = None
+
+    def __post_init__(self) -> None:
+        self.metrics.registry.register(ReplicaInfo(self.discovery))
 
     # -- wiring ------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -346,6 +349,9 @@ class Gateway:
             self.load.completed(name, ttft=outcome.ttft, latency=latency, tokens=outcome.completion_tokens)
         if outcome.ttft is not None:
             self.metrics.ttft.labels(name).observe(outcome.ttft)
+            if outcome.completion_tokens > 1:
+                gaps = outcome.completion_tokens - 1
+                self.metrics.inter_token.labels(name).observe((latency - outcome.ttft) / gaps)
         if outcome.prompt_tokens:
             self.metrics.tokens.labels(name, "prompt").inc(outcome.prompt_tokens)
         if outcome.completion_tokens:

@@ -6,7 +6,7 @@ Endpoints. The gateway never imports a runtime.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiplane.policies.routing import Router
@@ -16,6 +16,8 @@ from aiplane.policies.routing import Router
 class Upstream:
     replica_id: str
     base_url: str
+    # the pod's namespace on Kubernetes: with replica_id, the GPU join (not its identity)
+    namespace: str = field(default="local", compare=False)
 
 
 @dataclass(frozen=True)

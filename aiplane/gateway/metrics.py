@@ -1,4 +1,4 @@
-"""The gateway's Prometheus metrics, ``aiplane_*`` with units in the names.
+"""The gateway's Prometheus metrics, as :mod:`aiplane.observe.catalogue` declares them.
 
 Each gateway owns a registry (not the global one), so tests and benchmarks can run
 several in one process.
@@ -6,74 +6,43 @@ several in one process.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterator
 
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from aiplane.gateway.discovery import Discovery
+from aiplane.observe import catalogue as c
 
 
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "aiplane_gateway_requests_total",
-            "Requests answered by the gateway, by model, endpoint and HTTP status.",
-            ["model", "endpoint", "status"],
-            registry=r,
-        )
-        self.in_flight = Gauge(
-            "aiplane_gateway_requests_in_flight", "Requests being proxied now.", ["model"], registry=r
-        )
-        self.queued = Gauge(
-            "aiplane_gateway_requests_queued",
-            "Requests waiting for a free slot on a ready replica.",
-            ["model"],
-            registry=r,
-        )
-        self.held = Gauge(
-            "aiplane_gateway_requests_held",
-            "Requests held waiting for any ready replica (a cold start); the autoscaler scales "
-            "from zero on it.",
-            ["model"],
-            registry=r,
-        )
-        self.queue_wait = Histogram(
-            "aiplane_gateway_queue_wait_seconds",
-            "Time a request waited for a ready replica.",
-            ["model"],
-            buckets=WAIT_BUCKETS,
-            registry=r,
-        )
-        self.latency = Histogram(
-            "aiplane_gateway_request_duration_seconds",
-            "Time from request to the last byte of the response.",
-            ["model", "endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.ttft = Histogram(
-            "aiplane_gateway_time_to_first_token_seconds",
-            "Time from request to the first streamed chunk.",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.tokens = Counter(
-            "aiplane_gateway_tokens_total",
-            "Tokens processed, by kind (prompt, completion).",
-            ["model", "kind"],
-            registry=r,
-        )
-        self.upstream_errors = Counter(
-            "aiplane_gateway_upstream_errors_total",
-            "Failures talking to a replica (connection refused, reset mid-stream).",
-            ["model"],
-            registry=r,
-        )
-        self.cold_starts = Counter(
-            "aiplane_gateway_cold_start_waits_total",
-            "Requests that found no ready replica and waited for one.",
-            ["model"],
-            registry=r,
-        )
+        self.requests = c.GATEWAY_REQUESTS.counter(r)
+        self.in_flight = c.GATEWAY_IN_FLIGHT.gauge(r)
+        self.queued = c.GATEWAY_QUEUED.gauge(r)
+        self.held = c.GATEWAY_HELD.gauge(r)
+        self.queue_wait = c.GATEWAY_QUEUE_WAIT.histogram(r)
+        self.latency = c.GATEWAY_LATENCY.histogram(r)
+        self.ttft = c.GATEWAY_TTFT.histogram(r)
+        self.inter_token = c.GATEWAY_ITL.histogram(r)
+        self.tokens = c.GATEWAY_TOKENS.counter(r)
+        self.upstream_errors = c.GATEWAY_UPSTREAM_ERRORS.counter(r)
+        self.cold_starts = c.GATEWAY_COLD_STARTS.counter(r)
+
+
+class ReplicaInfo(Collector):
+    """``aiplane_model_replica_info``: which model each ready replica (pod) serves, read
+    from discovery at scrape time, so GPU series labelled by pod join to their model."""
+
+    def __init__(self, discovery: Discovery) -> None:
+        self._discovery = discovery
+
+    def collect(self) -> Iterator[Metric]:
+        family = c.MODEL_REPLICA_INFO.family()
+        for route in self._discovery.models():
+            for upstream in self._discovery.upstreams(route.served_name):
+                family.add_metric([route.served_name, upstream.namespace, upstream.replica_id], 1)
+        yield family

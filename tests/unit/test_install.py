@@ -202,3 +202,30 @@ def test_install_cli_prints_applyable_yaml() -> None:
         "image"
     ]
     assert image == AIPLANE_IMAGE
+
+
+def test_monitors_for_the_prometheus_operator_only_when_asked_and_the_autoscalers_prometheus() -> None:
+    plain = install_manifests("ops")
+    assert not [d for d in plain if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    docs = install_manifests("ops", prometheus_url="http://prometheus.monitoring:9090", with_monitors=True)
+    monitors = {
+        (d["kind"], d["metadata"]["name"]): d for d in docs if d["apiVersion"] == "monitoring.coreos.com/v1"
+    }
+    assert set(monitors) == {
+        ("ServiceMonitor", "aiplane-gateway"),
+        ("PodMonitor", "aiplane-scheduler"),
+        ("PodMonitor", "aiplane-model-engines"),
+    }
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "aiplane-gateway")
+    selector = monitors["ServiceMonitor", "aiplane-gateway"]["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()  # it selects the gateway's Service
+    assert monitors["PodMonitor", "aiplane-model-engines"]["spec"]["namespaceSelector"] == {"any": True}
+    operator = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "aiplane-operator"
+    )
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AIPLANE_PROMETHEUS_URL"] == "http://prometheus.monitoring:9090"
+    for name in ("aiplane-scheduler", "aiplane-gateway"):
+        deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+        notes = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert notes["prometheus.io/scrape"] == "true" and notes["prometheus.io/path"] == "/metrics"

@@ -43,7 +43,7 @@ from aiplane.engines import EngineRegistry, default_registry
 from aiplane.errors import AiplaneError
 from aiplane.policies.autoscaling import AutoscalerState, AutoscalingContext, autoscaler_for, decide
 from aiplane.runtime.kubernetes.client import Kube
-from aiplane.runtime.kubernetes.constants import LABEL_MODEL
+from aiplane.runtime.kubernetes.constants import LABEL_MODEL, PROMETHEUS_ENV
 from aiplane.runtime.kubernetes.objects import API, from_body
 from aiplane.runtime.kubernetes.signals import KubernetesSignals, pod_is_ready, port_url
 from aiplane.runtime.model_route import autoscaling_config
@@ -51,7 +51,6 @@ from aiplane.runtime.model_route import autoscaling_config
 log = logging.getLogger(__name__)
 GATEWAY_METRICS_ENV = "AIPLANE_GATEWAY_METRICS"
 GATEWAY_PODS_ENV = "AIPLANE_GATEWAY_PODS"
-PROMETHEUS_ENV = "AIPLANE_PROMETHEUS_URL"
 GATEWAY_EVERY_S = 0.9  # the gateways are scraped once per tick, not once per Model
 ACTIVE_GRAIN_S = 10.0  # lastActive is stored to 10 s: a status write per 10 s while busy, not per tick
 

@@ -48,3 +48,5 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 # What the Job controller sets on the pods of an Indexed Job.
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+PROMETHEUS_ENV = "AIPLANE_PROMETHEUS_URL"  # the Prometheus the operator reads engine metrics from

@@ -33,22 +33,26 @@ The platform pods avoid GPU nodes by not tolerating their ``nvidia.com/gpu`` tai
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aiplane.api import GROUP
 from aiplane.runtime.kubernetes.constants import (
     AIPLANE_IMAGE,
     AIPLANE_UID,
     LABEL_COMPONENT,
+    LABEL_ENGINE,
     LABEL_MANAGED_BY,
     LABEL_NAME,
     LABEL_PART_OF,
     MANAGED_BY,
+    PROMETHEUS_ENV,
 )
 from aiplane.runtime.kubernetes.crds import all_crds
 from aiplane.runtime.kubernetes.lowering.common import SECURE_DEFAULTS, Manifest
 
 DEFAULT_NAMESPACE = "aiplane-system"
+MONITORING = "monitoring.coreos.com/v1"  # the Prometheus Operator's API
+MONITOR_CRDS = ("servicemonitors.monitoring.coreos.com", "podmonitors.monitoring.coreos.com")
 GATEWAY_PORT = 8000
 HEALTH_PORT = 8080
 API_KEYS_MOUNT = "/etc/aiplane/api-keys"
@@ -355,16 +359,69 @@ def _gateway_service(namespace: str) -> list[Manifest]:
     ]
 
 
+def monitors(namespace: str, interval: str = "15s") -> list[Manifest]:
+    """The Prometheus Operator's objects for what the ``prometheus.io/*`` annotations say
+    to a plain Prometheus: the gateway through its Service, the scheduler's pods, and the
+    Model pods of every namespace (their engines' metrics, where the annotations point)."""
+    gateway = {LABEL_NAME: "aiplane-gateway", LABEL_COMPONENT: "gateway"}
+    endpoint = {"port": "http", "path": "/metrics", "interval": interval}
+    return [
+        {
+            "apiVersion": MONITORING,
+            "kind": "ServiceMonitor",
+            "metadata": _meta("aiplane-gateway", "gateway", namespace),
+            "spec": {"selector": {"matchLabels": gateway}, "endpoints": [endpoint]},
+        },
+        {
+            "apiVersion": MONITORING,
+            "kind": "PodMonitor",
+            "metadata": _meta("aiplane-scheduler", "scheduler", namespace),
+            "spec": {
+                "selector": {"matchLabels": {LABEL_NAME: "aiplane-scheduler", LABEL_COMPONENT: "scheduler"}},
+                "podMetricsEndpoints": [endpoint],
+            },
+        },
+        {
+            "apiVersion": MONITORING,
+            "kind": "PodMonitor",
+            "metadata": _meta("aiplane-model-engines", "operator", namespace),
+            "spec": {
+                "namespaceSelector": {"any": True},
+                "selector": {"matchExpressions": [{"key": LABEL_ENGINE, "operator": "Exists"}]},
+                # each engine's own path (vLLM /metrics, TGI /metrics, ...) from its annotation
+                "podMetricsEndpoints": [
+                    {
+                        "port": "http",
+                        "interval": interval,
+                        "relabelings": [
+                            {
+                                "sourceLabels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
+                                "regex": "(.+)",
+                                "targetLabel": "__metrics_path__",
+                            }
+                        ],
+                    }
+                ],
+            },
+        },
+    ]
+
+
 def install_manifests(
     namespace: str = DEFAULT_NAMESPACE,
     image: str = AIPLANE_IMAGE,
     *,
     gateway_keys_secret: str | None = None,
+    prometheus_url: str | None = None,
+    with_monitors: bool = False,
 ) -> list[Manifest]:
-    """Everything in apply order: CRDs, Namespace, RBAC, Deployments, the gateway Service.
+    """Everything in apply order: CRDs, Namespace, RBAC, Deployments, the gateway Service,
+    and with ``with_monitors`` the Prometheus Operator's ServiceMonitor and PodMonitors.
 
     ``gateway_keys_secret`` names a Secret in ``namespace`` whose ``keys`` entry holds
     the gateway's API keys (one per line); without it the gateway accepts any caller.
+    ``prometheus_url`` is the Prometheus the operator's autoscaler reads engine metrics
+    from (it scrapes the pods itself without one).
     """
     namespace_obj = {
         "apiVersion": "v1",
@@ -378,7 +435,12 @@ def install_manifests(
             },
         },
     }
-    deployments = [
-        _deployment(c, namespace, image, gateway_keys_secret) for c in components(image, namespace)
-    ]
-    return [*all_crds(), namespace_obj, *rbac(namespace), *deployments, *_gateway_service(namespace)]
+    parts = components(image, namespace)
+    if prometheus_url:
+        parts = [
+            replace(c, env={**c.env, PROMETHEUS_ENV: prometheus_url}) if c.name == "operator" else c
+            for c in parts
+        ]
+    deployments = [_deployment(c, namespace, image, gateway_keys_secret) for c in parts]
+    extra = monitors(namespace) if with_monitors else []
+    return [*all_crds(), namespace_obj, *rbac(namespace), *deployments, *_gateway_service(namespace), *extra]

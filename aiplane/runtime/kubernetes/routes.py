@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -192,7 +192,10 @@ def group_slices(slices: Iterable[Body]) -> dict[ModelKey, list[Body]]:
 
 
 def upstreams_by_model(slices: Iterable[Body]) -> dict[ModelKey, list[Upstream]]:
-    return {key: slice_upstreams(group) for key, group in group_slices(slices).items()}
+    return {
+        key: [replace(u, namespace=key.namespace) for u in slice_upstreams(group)]
+        for key, group in group_slices(slices).items()
+    }
 
 
 def replica_count(body: Body) -> int:

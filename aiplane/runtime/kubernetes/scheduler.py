@@ -48,22 +48,16 @@ from urllib.parse import quote
 
 import numpy as np
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from aiplane import aio
 from aiplane.aio import install_stop_signals, remove_stop_signals
 from aiplane.api import API_VERSION
 from aiplane.errors import AiplaneError, KubernetesError
-from aiplane.policies.scheduling import scorers
+from aiplane.observe import catalogue as c
+from aiplane.observe.families import StateCollector, queue_families
+from aiplane.policies.scheduling import scorers, stats
 from aiplane.policies.scheduling.cycle import RESERVE_AFTER_S, CycleResult, schedule, usage_of
-from aiplane.policies.scheduling.fleet import PodShape
 from aiplane.policies.scheduling.fragmentation import TargetWorkload
 from aiplane.policies.scheduling.quota import Usage
 from aiplane.runtime.kubernetes.client import Kube
@@ -104,26 +98,15 @@ class SchedulerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.binds = Counter("aiplane_scheduler_binds_total", "Pods bound to a node.", registry=r)
-        self.bind_errors = Counter(
-            "aiplane_scheduler_bind_errors_total", "Bindings the API server refused.", registry=r
-        )
-        self.admissions = Counter(
-            "aiplane_scheduler_admissions_total", "Workloads admitted by queue and placement.", registry=r
-        )
-        self.preemptions = Counter(
-            "aiplane_scheduler_preemptions_total", "Workloads told to stop for another.", registry=r
-        )
-        self.unschedulable_gangs = Gauge(
-            "aiplane_scheduler_unschedulable_gangs", "Workloads that waited in the last cycle.", registry=r
-        )
-        self.leader = Gauge("aiplane_scheduler_leader", "1 while this replica holds the Lease.", registry=r)
-        self.cycle_duration = Histogram(
-            "aiplane_scheduler_cycle_duration_seconds",
-            "Time of one scheduling cycle, decisions and writes included.",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-            registry=r,
-        )
+        self.binds = c.SCHEDULER_BINDS.counter(r)
+        self.bind_errors = c.SCHEDULER_BIND_ERRORS.counter(r)
+        self.admissions = c.SCHEDULER_ADMISSIONS.counter(r)
+        self.preemptions = c.SCHEDULER_PREEMPTIONS.counter(r)
+        self.unschedulable_gangs = c.SCHEDULER_UNSCHEDULABLE.gauge(r)
+        self.leader = c.SCHEDULER_LEADER.gauge(r)
+        self.cycle_duration = c.SCHEDULER_CYCLE.histogram(r)
+        self.stats = stats.QueueStats()  # the last cycle's, exported at scrape time
+        r.register(StateCollector(lambda: queue_families(self.stats)))
 
 
 @dataclass(frozen=True)
@@ -156,10 +139,7 @@ def scheduled_condition(pod: Manifest) -> Manifest | None:
 
 def target_workload(view: View) -> TargetWorkload:
     """The pod shapes FGD weighs fragmentation by: what runs and what waits, now."""
-    shapes = [shape for h in view.holders for shape, _ in h.pods]
-    shapes += [shape for c in view.candidates for shape in c.pods]
-    gpu = [s for s in shapes if s.gpus and s.gpu_milli]
-    return TargetWorkload.from_pods(gpu or [PodShape(gpus=1, gpu_milli=1000)])
+    return stats.target_workload(view.holders, view.candidates)
 
 
 def queue_status(name: str, view: View, usage: Usage, waiting: Iterable[str]) -> Manifest:
@@ -311,6 +291,7 @@ class Scheduler:
             for problem in view.problems:
                 log.debug("%s", problem)
             if not view.candidates and not view.direct:
+                self.metrics.stats = stats.queue_stats(view.fleet, view.queues, view.holders, [], {})
                 await self._tidy(view, CycleResult())
                 self.metrics.unschedulable_gangs.set(0)
                 self.last_success = time.monotonic()
@@ -330,6 +311,10 @@ class Scheduler:
                 reservations=reservations,
                 preempting=self.preempting,
                 reserve_after_s=self.reserve_after_s,
+            )
+            pending = stats.pending_of(result.waits, view.candidates)
+            self.metrics.stats = stats.queue_stats(
+                view.fleet, view.queues, view.holders, view.candidates, pending
             )
             report = await self._act(view, result)
             await self._tidy(view, result)

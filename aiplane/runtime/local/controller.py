@@ -22,6 +22,7 @@ from aiplane.api import Model, parse_duration
 from aiplane.engines import EngineRegistry, LocalLaunch, resolve_local
 from aiplane.errors import AiplaneError
 from aiplane.gateway.load import LoadTracker
+from aiplane.observe.families import ModelRow
 from aiplane.policies.autoscaling import AutoscalerState, AutoscalingContext, autoscaler_for, decide
 from aiplane.policies.scheduling import Gpu
 from aiplane.runtime.local.cycle import Wait, place_replica
@@ -62,6 +63,7 @@ class LocalController:
         self._shares: dict[str, float] = {}
         self._drain_for: dict[str, float] = {}  # model -> the longest a draining replica waits
         self._written: dict[str, tuple[object, ...]] = {}
+        self.model_rows: dict[str, ModelRow] = {}  # the last decision per model, for metrics
         self.signals = LocalSignals(load, self.supervisor, engines)
         checkpoints = logs.parent / "checkpoints"
         self.jobs = JobRunner(store, gpus, logs / "jobs", self.event, host, checkpoints=checkpoints)
@@ -191,6 +193,7 @@ class LocalController:
         for gone in (set(self._states) | set(self._written)) - names:
             self._states.pop(gone, None)
             self._written.pop(gone, None)
+            self.model_rows.pop(gone, None)
             self.discovery.set_unavailable(gone, None)
         await self.jobs.reconcile(now, self._replicas_held())
 
@@ -228,6 +231,13 @@ class LocalController:
                 self._draining[replica.id] = now
                 self.event(model.ref, "ScaleDown", f"{replica.id}: {decision.reason}")
         ready_current = sum(1 for r in current if r.routable)
+        cfg = ctx.config
+        load = new_state.window[-1][1] * cfg.target if new_state.window else None
+        self.model_rows[model.name] = ModelRow(
+            model.name, decision.replicas, ready_current, cfg.min_replicas, cfg.max_replicas,
+            cfg.metric, load, cfg.target,
+            sum(self._gpu_share(model.name) * len(r.devices) for r in mine if r.devices),
+        )  # fmt: skip
         if old and ready_current >= min(decision.replicas, len(current)):
             for replica in old:  # rolling update: old ones go once new ones serve
                 self._draining[replica.id] = now

@@ -42,6 +42,7 @@ from aiplane.policies.scheduling.fragmentation import TargetWorkload
 from aiplane.policies.scheduling.gpumodel import spec_matches
 from aiplane.policies.scheduling.quota import QueueSpec, flavor_for
 from aiplane.policies.scheduling.scorers import make
+from aiplane.policies.scheduling.stats import QueueStats, queue_stats
 from aiplane.policies.scheduling.workload import Demand, WorkloadInfo
 from aiplane.runtime.local.workloads import LocalJob
 
@@ -54,6 +55,7 @@ __all__ = [
     "Snapshot",
     "Start",
     "Wait",
+    "machine_stats",
     "one_node",
     "place_replica",
     "queue_specs",
@@ -253,6 +255,17 @@ def _cycle(
         preempting=snapshot.preempting,
         reserve_after_s=reserve_after_s,
     )
+
+
+def machine_stats(snapshot: Snapshot, pending: Mapping[tuple[str, str], int]) -> QueueStats:
+    """This machine's quota use and GPUs by state, for metrics (``pending`` as the job
+    runner last decided it)."""
+    queues = dict(snapshot.queues or {})
+    node, holders = _machine(snapshot, queues)
+    candidates = [
+        _candidate(job, snapshot, queues) for job in snapshot.pending if not (job.unsupported or job.finished)
+    ]
+    return queue_stats(node.fleet, queues, holders, candidates, pending)
 
 
 def schedule(snapshot: Snapshot) -> Decisions:

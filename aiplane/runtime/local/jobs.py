@@ -52,6 +52,7 @@ from aiplane.batch import scan
 from aiplane.engines.sources import resolve_local
 from aiplane.errors import AiplaneError
 from aiplane.policies.scheduling import Gpu
+from aiplane.policies.scheduling.stats import QueueStats
 from aiplane.runtime.local.cron import due_fire, fire_text, next_fire
 from aiplane.runtime.local.cycle import (
     RESERVE_AFTER_S,
@@ -60,6 +61,7 @@ from aiplane.runtime.local.cycle import (
     Snapshot,
     Start,
     Wait,
+    machine_stats,
     queue_specs,
     schedule,
 )
@@ -139,6 +141,8 @@ class JobRunner:
         self.reservations: dict[str, tuple[int, ...]] = {}  # job key -> fleet nodes held for it
         self.preempting: dict[str, list[str]] = {}  # preemptor -> its victims still stopping
         self._snapshot: Snapshot | None = None  # the last cycle's, for placing replicas
+        self._held: Mapping[int, float] = {}  # what Model replicas held at the last tick
+        self._waiting: dict[str, tuple[str, str]] = {}  # pending job key -> (queue, cause), this tick
         self._requeued: dict[str, float] = {}  # job key -> when it was preempted (waits since then)
         self._stopping: dict[int, Run] = {}  # by id(): stopped runs whose workers may still live
         self._background: set[asyncio.Task[None]] = set()  # stops running in the background
@@ -176,6 +180,15 @@ class JobRunner:
             preempting={k: list(v) for k, v in self.preempting.items()},
             reserve_after_s=self.reserve_after_s,
         )
+
+    def queue_stats(self) -> QueueStats:
+        """Quota use, GPUs by state and pending jobs by queue and cause, as of the last tick."""
+        pending: dict[tuple[str, str], int] = {}
+        for queue_cause in self._waiting.values():
+            pending[queue_cause] = pending.get(queue_cause, 0) + 1
+        snapshot = self.snapshot_for_replicas(self._held)
+        queues = [q.resource for q in self.store.resources("Queue") if isinstance(q.resource, Queue)]
+        return machine_stats(replace(snapshot, queues=queue_specs(queues)), pending)
 
     def pids(self) -> list[int]:
         """Process groups of every worker still running: what a hard stop must kill."""
@@ -245,6 +258,7 @@ class JobRunner:
     # -- the tick ------------------------------------------------------------------------
     async def reconcile(self, now: float, models_held: Mapping[int, float]) -> None:
         statuses = self.store.job_statuses()
+        self._held, self._waiting = models_held, {}
         jobs: dict[str, LocalJob] = {}
         for kind in JOB_KINDS:
             for item in self.store.resources(kind):
@@ -342,6 +356,8 @@ class JobRunner:
         self._event(job.key, "Preempted", f"{reason}; workers get SIGTERM and {run.grace:g}s to stop")
 
     def _wait(self, job: LocalJob, decision: Wait, row: JobStatusRow | None, restarts: int) -> None:
+        cause = "reserved" if job.key in self.reservations else decision.cause
+        self._waiting[job.key] = (job.queue, cause)
         current = row is not None and row.generation == job.generation
         if current and row is not None and row.phase == "Pending" and row.reason == decision.reason:
             return  # written and evented once per change, not every tick

@@ -19,8 +19,10 @@ from aiplane.api import AnyResource
 from aiplane.engines import default_registry
 from aiplane.errors import RuntimeFailure
 from aiplane.gateway import Gateway, GatewayConfig, LoadTracker
+from aiplane.observe.families import StateCollector
 from aiplane.runtime.local.controller import EventSink, LocalController
 from aiplane.runtime.local.gpus import discover
+from aiplane.runtime.local.metrics import plane_families
 from aiplane.runtime.local.paths import db_path, logs_dir
 from aiplane.runtime.local.process import alive
 from aiplane.runtime.local.shutdown import Watchdog
@@ -80,6 +82,7 @@ async def serve(
         config=GatewayConfig(api_keys=options.api_keys),
         engine_hint=controller.signals.engine_hint,
     )
+    gateway.metrics.registry.register(StateCollector(lambda: plane_families(controller)))
     async with controller.supervisor, controller.jobs:
         await controller.adopt_or_replace()
         # Held or streaming requests get SHUTDOWN_GRACE to finish; then the plane stops anyway.
