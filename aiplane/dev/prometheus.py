@@ -10,7 +10,6 @@ as the committed ``deploy/prometheus`` rules do on a cluster.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import shutil
 import signal
 import subprocess
@@ -25,11 +24,11 @@ from urllib.parse import urlsplit
 import httpx
 import yaml
 
+from aiplane import procs
 from aiplane.errors import AiplaneError
 
 PLANE_JOB = "aiplane-plane"
 READY_S = 30.0
-PR_SET_PDEATHSIG = 1
 
 
 class PrometheusMissing(AiplaneError):
@@ -64,11 +63,6 @@ def config(plane_urls: list[str], interval_s: float = 5.0, rules: list[Path] | N
     if rules:
         cfg["rule_files"] = [str(p) for p in rules]
     return cfg
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -108,7 +102,7 @@ def start(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,
+            preexec_fn=procs.die_with_parent if die_with_parent else None,
         )
     running = RunningPrometheus(url, proc, log)
     deadline = time.monotonic() + READY_S

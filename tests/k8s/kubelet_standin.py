@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -89,6 +88,7 @@ from aiplane.dev.kwok_nodes import (
 from aiplane.engines.llamacpp import llama_server_binary
 from aiplane.engines.sources import resolve_local
 from aiplane.errors import KubernetesError
+from aiplane.procs import die_with_parent as _die_with_parent
 from aiplane.runtime.kubernetes.client import Kube, resource_path
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,6 @@ STOP_TIMEOUT_S = 5.0
 KILL_WAIT_S = 3.0
 DEFAULT_GRACE_S = 30.0  # the pod spec's default terminationGracePeriodSeconds
 MIN_GRACE_AFTER_HOOK_S = 2.0  # the kubelet's minimumGracePeriodInSeconds after a preStop hook
-PR_SET_PDEATHSIG = 1
 
 Manifest = dict[str, Any]
 
@@ -255,12 +254,6 @@ def _env(pod: Manifest) -> dict[str, str]:
         if "value" in item:
             env[item["name"]] = str(item["value"])
     return env
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """The engine gets SIGKILL when the test process dies (Linux), so nothing leaks."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def wants_engine(pod: Manifest) -> bool:

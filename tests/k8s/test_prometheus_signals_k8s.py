@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -32,10 +30,10 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from aiplane.dev import prometheus as prom
 from aiplane.engines import MetricNames, default_registry
 from aiplane.engines.llamacpp import LlamaCpp
 from aiplane.runtime.engine_metrics import EngineSample, scrape
@@ -51,13 +49,12 @@ from aiplane.runtime.kubernetes.prometheus import (
 )
 from aiplane.runtime.kubernetes.signals import KubernetesSignals
 from tests.k8s.conftest import K8sCluster, eventually
-from tests.k8s.kubelet_standin import Engine, KubeletStandIn, _die_with_parent, smollm2_model_yaml
+from tests.k8s.kubelet_standin import Engine, KubeletStandIn, smollm2_model_yaml
 from tests.k8s.operator_fixture import Operator, apply_yaml, operator_and_scheduler
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(180)]
 
 PROMETHEUS = Path(sys.executable).parent / "prometheus"
-READY_S = 30.0  # Prometheus up and answering /-/ready
 SERVE_S = 60.0  # operator + scheduler + KWOK + model load
 TARGET_S = 30.0  # discovery's first list and the first scrape
 SCRAPED_S = 10.0  # a change on the engine, seen through a 1 s scrape
@@ -132,7 +129,7 @@ def discovered(pod: dict[str, Any]) -> list[dict[str, Any]]:
 async def prometheus(kube: Kube, k8s_namespace: str, tmp_path: Path) -> AsyncIterator[str]:
     """A real Prometheus on 127.0.0.1 scraping this namespace's pods; its base URL."""
     if not PROMETHEUS.exists():
-        pytest.fail(f"{PROMETHEUS} is missing: run scripts/prometheus.sh {PROMETHEUS}", pytrace=False)
+        pytest.fail(f"{PROMETHEUS} is missing: run make install", pytrace=False)
 
     async def targets(_: web.Request) -> web.Response:
         pods = await kube.list("v1", "Pod", k8s_namespace)
@@ -145,44 +142,13 @@ async def prometheus(kube: Kube, k8s_namespace: str, tmp_path: Path) -> AsyncIte
         del job["kubernetes_sd_configs"]  # in a cluster: [{role: pod}]
         job["http_sd_configs"] = [{"url": str(discovery.make_url("/targets")), "refresh_interval": "1s"}]
         config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"}, "scrape_configs": [job]}
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        log = tmp_path / "prometheus.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    str(PROMETHEUS),
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # it dies with pytest, as the engines do
-                start_new_session=True,
-            )
+        # it dies with pytest, as the engines do
+        home, port = tmp_path / "prometheus", free_port()
+        server = await asyncio.to_thread(prom.start, home, config, port, die_with_parent=True)
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
-
-                async def ready() -> bool:
-                    if proc.poll() is not None:
-                        pytest.fail(f"prometheus exited {proc.returncode}: {log.read_text()[-3000:]}")
-                    try:
-                        async with http.get(f"{url}/-/ready") as resp:
-                            return resp.status == 200
-                    except (aiohttp.ClientError, TimeoutError):
-                        return False
-
-                await eventually(ready, READY_S, "Prometheus ready")
-            yield url
+            yield server.url
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, 10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait, 5)
+            await asyncio.to_thread(server.stop)
 
 
 @pytest.fixture
