@@ -73,8 +73,17 @@ async def test_a_client_leaving_the_line_gives_up_its_place_and_leaks_nothing(
     async with gateway(discovery) as (client, gw):
         first = asyncio.create_task(client.post(CHAT, json=HELLO))
         await asyncio.sleep(0.1)
-        with pytest.raises(TimeoutError):
-            await client.post(CHAT, json=HELLO, timeout=aiohttp.ClientTimeout(total=0.2))
+        second = asyncio.create_task(client.post(CHAT, json=HELLO, timeout=aiohttp.ClientTimeout(total=30)))
+        # the client leaves once its request is in line (not before the gateway read it:
+        # on a loaded machine a fixed client timeout could fire before that)
+        for _ in range(200):
+            if gw.slots.waiting("m"):
+                break
+            await asyncio.sleep(0.01)
+        assert gw.slots.waiting("m") == 1
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
         assert (await first).status == 200
         await asyncio.sleep(0.1)
         assert len(fake.requests) == 1  # the one that left never reached the replica
