@@ -130,12 +130,14 @@ def prometheus(
         Path | None, typer.Option("--dir", help="TSDB and config (default: $AIPLANE_HOME/prometheus).")
     ] = None,
 ) -> None:
-    """Run Debian's Prometheus on loopback, scraping the local plane, until Ctrl-C."""
+    """Run Debian's Prometheus on loopback, scraping the local plane and evaluating
+    aiplane's alert rules (deploy/prometheus's), until Ctrl-C."""
     import signal
     import time
 
     from aiplane.dev import prometheus as prom
     from aiplane.errors import AiplaneError
+    from aiplane.observe.rules import write_rules
     from aiplane.runtime.local.paths import aiplane_home, db_path
     from aiplane.runtime.local.store import Store
 
@@ -145,7 +147,8 @@ def prometheus(
         running = Store(db_path(aiplane_home())).plane()
         urls = [running[1] if running else "http://127.0.0.1:8000"]
     try:
-        server = prom.start(base, prom.config(urls, interval), port)
+        rules = write_rules(base / "aiplane-rules.yaml")
+        server = prom.start(base, prom.config(urls, interval, rules=[rules]), port)
     except AiplaneError as e:
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from None

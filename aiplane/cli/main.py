@@ -14,7 +14,7 @@ import typer
 
 from aiplane import __version__, progress
 from aiplane.api import KINDS, AnyResource, Model, Queue
-from aiplane.cli import batch, kube, sim
+from aiplane.cli import batch, kube, sim, top
 from aiplane.cli.files import load_resources
 from aiplane.cli.output import age, console, err_console, event_line, table
 from aiplane.errors import AiplaneError, NotFoundError
@@ -329,6 +329,7 @@ if importlib.util.find_spec("aiplane.cli.dev") is not None:
 kube.register(app)
 batch.register(app)
 app.add_typer(sim.app, name="sim")
+app.command("top")(top.top)
 
 
 def main() -> None:

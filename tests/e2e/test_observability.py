@@ -232,3 +232,41 @@ def test_aiplane_dev_prometheus_scrapes_the_plane_until_interrupted(
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_aiplane_top_shows_the_running_plane_with_its_real_figures(observed: tuple[Plane, str, Sent]) -> None:
+    """Two scrapes around a known burst: the rates are the burst over the span, exactly;
+    then the CLI renders the plane's rows in a (captured) terminal."""
+    from aiplane.cli.top import PlaneSource
+    from aiplane.observe import top
+
+    plane, url, _ = observed
+    client = openai.OpenAI(base_url=plane.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    with httpx.Client(timeout=10) as http:
+        source = PlaneSource(http, plane.url)
+        t0, before = source.scrape()
+        burst = [chat(client, i) for i in range(4)]  # 2 streamed (odd i), 2 not
+        t1, after = source.scrape()
+    rates = top.rates_between(after, before, t1 - t0)["smollm2"]
+    assert rates.rps * (t1 - t0) == pytest.approx(4)
+    assert rates.error_ratio == 0
+    assert rates.completion_tps * (t1 - t0) == pytest.approx(sum(completion for _, _, completion in burst))
+    assert rates.ttft_p95 is not None and 0 < rates.ttft_p95 < t1 - t0
+    (model,) = top.frame("t", after, {}).models
+    assert (model.model, model.ready, model.desired) == ("smollm2", 1, 1)
+
+    shown = plane.cli("top", "--once", "--interval", "0.5")  # the plane of its AIPLANE_HOME
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    row = next(line for line in lines if "smollm2" in line)
+    assert "1/1" in row.split()
+    steps = next(line for line in lines if "TrainingJob/steps" in line)
+    assert "Running" in steps and "team-a" in steps and "step " in steps
+    assert any("TrainingJob/too-big" in line and "Pending" in line for line in lines)
+    queue = next(line for line in lines if line.split("│")[1:2] and line.split("│")[1].strip() == "team-a")
+    assert "1/1" in queue  # GPUs used / quota
+
+    through_prometheus = plane.cli("top", "--once", "--prometheus", url)
+    assert through_prometheus.returncode == 0, through_prometheus.stderr
+    row = next(line for line in through_prometheus.stdout.splitlines() if "smollm2" in line)
+    assert "1/1" in row.split()
